@@ -1,0 +1,5 @@
+import sys
+
+from sttabt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,67 @@
+"""What the sparse runtime needs from a backbone, and nothing more.
+
+An adapter exposes one encoder layer as two calls on *already gathered* tokens: project queries, keys
+and values (``qkv``), and finish the layer (attention-output projection, residuals, FFN) for the query
+tokens (``finish``). The runtime owns token selection and the attention product in between. Adapters
+call the model's own submodules with its own weights; they never copy an upstream forward body.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from sttabt.core.flops import EncoderShape
+
+
+class EncoderAdapter(ABC):
+    """A view of one pretrained classifier that the sparse runtime can drive layer by layer."""
+
+    #: The wrapped model (an ``nn.Module``); kept so callers can move it, train it or save it.
+    model: nn.Module
+    shape: EncoderShape
+
+    @property
+    def num_layers(self) -> int:
+        return self.shape.num_layers
+
+    @property
+    def num_heads(self) -> int:
+        return self.shape.num_heads
+
+    @abstractmethod
+    def embed(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Token embeddings ``(B, T, d)`` for a tokenized batch, exactly as the model computes them."""
+
+    @abstractmethod
+    def qkv(
+        self, layer: int, key_hidden: torch.Tensor, query_hidden: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries ``(B, H, n_q, d_h)`` from ``query_hidden`` and keys/values ``(B, H, n_k, d_h)``."""
+
+    @abstractmethod
+    def attention_scale(self, layer: int) -> float:
+        """The factor applied to QKᵀ before the softmax."""
+
+    def attention_dropout(self, layer: int) -> float:
+        """Dropout probability on attention probabilities while training."""
+        return 0.0
+
+    @abstractmethod
+    def finish(self, layer: int, context: torch.Tensor, query_hidden: torch.Tensor) -> torch.Tensor:
+        """Layer output ``(B, n_q, d)`` from the merged attention context ``(B, n_q, d)``."""
+
+    @abstractmethod
+    def head(self, readout_hidden: torch.Tensor) -> torch.Tensor:
+        """Class logits from the final hidden states of the readout tokens ``(B, R, d)`` (R = 1: CLS)."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def training(self) -> bool:
+        return self.model.training

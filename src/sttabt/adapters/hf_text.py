@@ -1,0 +1,103 @@
+"""Adapter for Hugging Face BERT-family sequence classifiers (BERT, RoBERTa, ELECTRA, MiniLM, ...).
+
+These models share one post-LayerNorm layer layout (``attention.self.{query,key,value}``,
+``attention.output``, ``intermediate``, ``output``); they differ in the embeddings and in the head. The
+adapter finds the base model through ``base_model`` and calls each submodule's own ``forward``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from sttabt.adapters.base import EncoderAdapter
+from sttabt.core.flops import EncoderShape
+from sttabt.errors import SttabtError
+
+#: model_type -> how the classification head reads the encoder output.
+#: "pooler": BERT-style, ``classifier(dropout(pooler(h)))``; "sequence": the head takes the sequence output
+#: and reads position 0 itself (RoBERTa/ELECTRA-style ``ClassificationHead``).
+HEAD_STYLES = {
+    "bert": "pooler",
+    "roberta": "sequence",
+    "xlm-roberta": "sequence",
+    "camembert": "sequence",
+    "electra": "sequence",
+}
+
+
+class HFTextClassifierAdapter(EncoderAdapter):
+    """Drive a ``*ForSequenceClassification`` model of the BERT family layer by layer."""
+
+    def __init__(self, model: nn.Module):
+        config = getattr(model, "config", None)
+        model_type = getattr(config, "model_type", None)
+        if model_type not in HEAD_STYLES or not hasattr(model, "classifier"):
+            supported = ", ".join(sorted(HEAD_STYLES))
+            raise SttabtError(
+                f"unsupported model {type(model).__name__} (model_type={model_type!r}): expected a "
+                f"*ForSequenceClassification model of type {supported}"
+            )
+        self.model = model
+        self.model_type = model_type
+        self.head_style = HEAD_STYLES[model_type]
+        self.base = model.base_model
+        self.layers = self.base.encoder.layer
+        if self.head_style == "pooler" and getattr(self.base, "pooler", None) is None:
+            raise SttabtError(f"{type(model).__name__} has no pooler; cannot read its CLS output")
+        d = config.hidden_size
+        num_labels = int(config.num_labels)
+        head_macs = d * d + d * num_labels  # pooler (or head dense) + output projection
+        self.shape = EncoderShape(
+            num_layers=config.num_hidden_layers,
+            hidden_size=d,
+            intermediate_size=config.intermediate_size,
+            num_heads=config.num_attention_heads,
+            head_macs=head_macs,
+        )
+
+    # -- embeddings ---------------------------------------------------------------------------------------
+    def embed(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        kwargs = {"input_ids": batch["input_ids"]}
+        if batch.get("token_type_ids") is not None:
+            kwargs["token_type_ids"] = batch["token_type_ids"]
+        hidden = self.base.embeddings(**kwargs)
+        project = getattr(self.base, "embeddings_project", None)  # ELECTRA with embedding_size != hidden
+        return project(hidden) if project is not None else hidden
+
+    # -- one layer ----------------------------------------------------------------------------------------
+    def _heads(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        attn = self.layers[layer].attention.self
+        return x.view(x.shape[0], x.shape[1], attn.num_attention_heads, attn.attention_head_size).transpose(1, 2)
+
+    def qkv(self, layer: int, key_hidden: torch.Tensor, query_hidden: torch.Tensor):
+        attn = self.layers[layer].attention.self
+        q = self._heads(layer, attn.query(query_hidden))
+        k = self._heads(layer, attn.key(key_hidden))
+        v = self._heads(layer, attn.value(key_hidden))
+        return q, k, v
+
+    def attention_scale(self, layer: int) -> float:
+        attn = self.layers[layer].attention.self
+        return float(getattr(attn, "scaling", attn.attention_head_size**-0.5))
+
+    def attention_dropout(self, layer: int) -> float:
+        return float(self.layers[layer].attention.self.dropout.p)
+
+    def finish(self, layer: int, context: torch.Tensor, query_hidden: torch.Tensor) -> torch.Tensor:
+        block = self.layers[layer]
+        attention_output = block.attention.output(context, query_hidden)
+        return block.output(block.intermediate(attention_output), attention_output)
+
+    # -- head ---------------------------------------------------------------------------------------------
+    def head(self, readout_hidden: torch.Tensor) -> torch.Tensor:
+        if self.head_style == "pooler":
+            pooled = self.base.pooler(readout_hidden)
+            return self.model.classifier(self.model.dropout(pooled))
+        return self.model.classifier(readout_hidden)
+
+
+def is_supported_text_model(model: nn.Module) -> bool:
+    return getattr(getattr(model, "config", None), "model_type", None) in HEAD_STYLES and hasattr(model, "classifier")

@@ -1,0 +1,6 @@
+"""Placeholder, replaced by the module's owner."""
+
+
+def register(sub):
+    p = sub.add_parser("finetune", help="(not implemented yet)")
+    p.set_defaults(func=lambda args: 1)

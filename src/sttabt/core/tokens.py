@@ -1,0 +1,111 @@
+"""Token sets: per-sample subsets of sequence positions, batched.
+
+A batch of token sets is kept two ways, because each suits a different job:
+
+* a *membership mask* ``(B, T)`` over the original positions: what methods reason about (union,
+  nesting, top-k by score), independent of how the runtime has compacted the hidden states;
+* a *compact index* ``positions (B, m)`` with ``valid (B, m)``: the sorted original positions of each
+  sample's members, padded to the batch maximum ``m``. This is what the runtime gathers with.
+
+Sets are always sorted by original position, so position 0 (CLS) is at compact index 0 whenever kept.
+Nothing here knows about Hugging Face or timm.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class CompactIndex:
+    """Sorted member positions of each sample, padded to the batch maximum.
+
+    ``positions[b, i]`` is an original sequence position when ``valid[b, i]``; padding entries hold 0 (a
+    position that always exists) so they can be used for gathers without bounds checks.
+    """
+
+    positions: torch.Tensor  # (B, m) long
+    valid: torch.Tensor  # (B, m) bool
+
+    @property
+    def counts(self) -> torch.Tensor:
+        return self.valid.sum(dim=1)
+
+
+def compact(mask: torch.Tensor) -> CompactIndex:
+    """Turn a membership mask ``(B, T)`` into sorted compact positions (stable, batch-independent)."""
+    if mask.dim() != 2:
+        raise ValueError(f"token mask must be (batch, length), got shape {tuple(mask.shape)}")
+    mask = mask.bool()
+    batch, length = mask.shape
+    counts = mask.sum(dim=1)
+    width = int(counts.max().item()) if batch else 0
+    arange = torch.arange(length, device=mask.device).expand(batch, length)
+    # Members keep their position as sort key; non-members go to the end.
+    keys = torch.where(mask, arange, arange + length)
+    order = keys.argsort(dim=1, stable=True)[:, :width]
+    valid = torch.arange(width, device=mask.device).unsqueeze(0) < counts.unsqueeze(1)
+    positions = torch.where(valid, order, torch.zeros_like(order))
+    return CompactIndex(positions=positions, valid=valid)
+
+
+def expand(index: CompactIndex, length: int) -> torch.Tensor:
+    """Inverse of :func:`compact`: the membership mask ``(B, length)``."""
+    mask = torch.zeros(index.positions.shape[0], length, dtype=torch.bool, device=index.positions.device)
+    return mask.scatter(1, index.positions, index.valid)
+
+
+def relative_index(outer: torch.Tensor, inner: CompactIndex) -> torch.Tensor:
+    """Where each member of ``inner`` sits in the compact layout of the set ``outer`` (a mask).
+
+    Requires ``inner ⊆ outer`` (checked by the caller through :func:`assert_nested`). Padding entries map
+    to 0.
+    """
+    rank = outer.long().cumsum(dim=1) - 1  # (B, T): compact slot of every member of `outer`
+    rel = rank.gather(1, inner.positions)
+    return torch.where(inner.valid, rel, torch.zeros_like(rel))
+
+
+def gather_tokens(hidden: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+    """Gather rows ``rel (B, m)`` of ``hidden (B, n, d)`` -> ``(B, m, d)``: the physical removal step."""
+    return hidden.gather(1, rel.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+
+
+def scatter_scores(scores: torch.Tensor, index: CompactIndex, length: int, fill: float) -> torch.Tensor:
+    """Place per-member scores ``(B, m)`` back at their original positions ``(B, length)``."""
+    out = torch.full((scores.shape[0], length), fill, dtype=scores.dtype, device=scores.device)
+    src = torch.where(index.valid, scores, torch.full_like(scores, fill))
+    # Padding entries point at position 0; write them first so real members win.
+    out = out.scatter(1, index.positions, src)
+    return out.scatter(1, index.positions[:, :1], src[:, :1])
+
+
+def keep_counts(keep: float, real_lengths: torch.Tensor) -> torch.Tensor:
+    """``ceil(keep * n)`` per sample, at least 1 and at most ``n`` (fractions of the *real* length)."""
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"keep ratio must be in (0, 1], got {keep}")
+    counts = torch.ceil(real_lengths.double() * keep - 1e-9).long()
+    return counts.clamp(min=1).minimum(real_lengths.long().clamp(min=1))
+
+
+def topk_mask(scores: torch.Tensor, eligible: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Per-row top-``counts[b]`` among ``eligible`` entries of ``scores (B, T)``.
+
+    Ties break towards the lower position (stable sort), so the choice never depends on the batch.
+    """
+    masked = scores.float().masked_fill(~eligible, -math.inf)
+    order = masked.argsort(dim=1, descending=True, stable=True)
+    rank_of_slot = torch.arange(scores.shape[1], device=scores.device).unsqueeze(0)
+    take = rank_of_slot < counts.clamp(max=scores.shape[1]).unsqueeze(1)
+    chosen = torch.zeros_like(eligible).scatter(1, order, take)
+    return chosen & eligible
+
+
+def assert_nested(outer: torch.Tensor, inner: torch.Tensor, what: str = "token sets") -> None:
+    """Raise if some sample's ``inner`` set is not contained in its ``outer`` set."""
+    if bool((inner & ~outer).any()):
+        bad = (inner & ~outer).any(dim=1).nonzero().flatten().tolist()
+        raise ValueError(f"{what} are not nested for samples {bad[:8]}")

@@ -1,0 +1,74 @@
+"""Manual top-k forward pruning (METHODS.md §1.6): no back-tracking, the layer's own attention decides.
+
+After layer l's attention over its current tokens, each key is scored by its attention averaged over
+heads and then over the current query rows; the top ⌈k_l·n⌉ continue to the attention-output projection,
+the FFN and the next layer (n = the example's real length).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sttabt.core.tokens import keep_counts, scatter_scores, topk_mask
+from sttabt.errors import SttabtError
+from sttabt.methods.registry import MethodOptions, register_method
+from sttabt.runtime import LayerView, TokenSelector
+
+
+def reference_schedule(target: float, num_layers: int) -> list[float]:
+    """Per-layer keep ratios of the reference top-k baseline for a target average ``target``.
+
+    The reference formula is written for 12 layers with ``l/10``; for L layers we use ``l/(L-2)`` so the
+    ratio reaches its floor at the second-to-last layer, as it does for L = 12. Ratios are clipped to
+    (0, 1]; the last layer keeps only CLS whatever the schedule says.
+    """
+    span = max(num_layers - 2, 1)
+    ratios = []
+    for layer in range(num_layers):
+        frac = layer / span
+        if target <= 0.666:
+            ratio = 0.5 * target + (1 - frac) * target
+        else:
+            ratio = (1 - frac) * (2 - 2 * target) + (2 * target - 1)
+        ratios.append(min(1.0, max(ratio, 1e-6)))
+    return ratios
+
+
+class TopKSelector(TokenSelector):
+    name = "topk"
+
+    def __init__(self, ratios: list[float]):
+        self.ratios = ratios
+
+    def prepare(self, batch, valid: torch.Tensor) -> None:
+        self.real_lengths = valid.sum(dim=1)
+
+    def wants_attention(self, layer: int) -> bool:
+        return True
+
+    def after_attention(self, view: LayerView, probs: torch.Tensor) -> torch.Tensor:
+        rows = view.queries.valid.float()  # (B, n_q)
+        per_key = torch.einsum("bq,bqk->bk", rows, probs.float().mean(dim=1)) / rows.sum(1, keepdim=True)
+        length = view.valid.shape[1]
+        scores = scatter_scores(per_key, view.keys, length, fill=float("-inf"))
+        counts = keep_counts(self.ratios[view.layer], self.real_lengths)
+        return topk_mask(scores, view.query_mask, counts)
+
+
+@register_method("topk", "forward top-k by the layer's own attention (no back-tracking)", needs_keep=True)
+def build_topk(adapter, options: MethodOptions) -> TokenSelector:
+    keep = options.keep
+    layers = adapter.num_layers
+    if isinstance(keep, list):
+        if len(keep) != layers:
+            raise SttabtError(f"got {len(keep)} keep ratios for a model with {layers} layers")
+        ratios = [float(k) for k in keep]
+    elif keep == "dynamic":
+        raise SttabtError("top-k has no dynamic mode; give --keep a ratio")
+    elif options.schedule == "reference":
+        ratios = reference_schedule(float(keep), layers)
+    elif options.schedule == "constant":
+        ratios = [float(keep)] * layers
+    else:
+        raise SttabtError(f"unknown top-k schedule {options.schedule!r}; choose constant or reference")
+    return TopKSelector(ratios)

@@ -1,0 +1,219 @@
+"""The sparse-token runtime: runs an encoder with per-sample token sets, physically gathered.
+
+For layer l the runtime holds the hidden states of the key/value set S_l only (compacted, padded to the
+batch maximum with a key mask). A :class:`TokenSelector` decides, per layer, either *before* the layer
+(planned: ABT and concrete masking give S_{l+1} up front) or *after* its attention (online: top-k and LTP
+look at the layer's attention and pick the tokens that continue). Queries, the attention-output
+projection and the FFN then run on the chosen tokens only, and the next layer sees only those.
+
+Invariants enforced here, whatever the selector returns:
+* CLS (the readout token) is in every set, and padding is in none;
+* sets are nested (a layer can only keep tokens it has);
+* the last layer computes the readout token only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from sttabt.adapters.base import EncoderAdapter
+from sttabt.core.flops import CostReport, encoder_cost
+from sttabt.core.tokens import CompactIndex, compact, gather_tokens, relative_index
+from sttabt.errors import SttabtError
+
+
+@dataclass
+class LayerView:
+    """What a selector sees of the running layer l (all masks are ``(B, T)`` over original positions)."""
+
+    layer: int
+    valid: torch.Tensor  # real tokens
+    key_mask: torch.Tensor  # S_l
+    query_mask: torch.Tensor  # the tokens whose attention rows were computed
+    keys: CompactIndex  # compact layout of S_l (columns of the attention)
+    queries: CompactIndex  # compact layout of the query rows
+
+
+class TokenSelector:
+    """Base class of all pruning methods: override the hooks a method needs.
+
+    Planned methods override :meth:`input_mask` / :meth:`query_mask`; online methods override
+    :meth:`wants_attention` and :meth:`after_attention`. All masks are ``(B, T)`` over original
+    positions; the runtime intersects them with what the layer has and adds CLS back.
+    """
+
+    name = "dense"
+
+    def prepare(self, batch: Mapping[str, torch.Tensor], valid: torch.Tensor) -> None:
+        """Called once per batch before layer 0 (e.g. run the ApproxNet and plan every set)."""
+
+    def input_mask(self, valid: torch.Tensor) -> torch.Tensor | None:
+        """S_0, the tokens layer 0 reads; ``None`` keeps every real token."""
+        return None
+
+    def query_mask(self, layer: int, key_mask: torch.Tensor) -> torch.Tensor | None:
+        """S_{l+1}, the tokens layer l must output, known before the layer runs; ``None`` = all of S_l."""
+        return None
+
+    def wants_attention(self, layer: int) -> bool:
+        """Whether :meth:`after_attention` needs layer ``layer``'s attention probabilities."""
+        return False
+
+    def after_attention(self, view: LayerView, probs: torch.Tensor) -> torch.Tensor | None:
+        """Online decision after attention: the tokens that continue (``None`` = all query rows).
+
+        ``probs`` is ``(B, H, n_q, n_k)`` in the compact layouts ``view.queries`` / ``view.keys``.
+        """
+        return None
+
+    def overhead(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Per-sample ``(macs, elementwise_flops)`` this method spent on the last batch, if any."""
+        return None
+
+
+@dataclass
+class SparseOutput:
+    """Result of one sparse run."""
+
+    logits: torch.Tensor
+    key_sets: list[torch.Tensor]  # S_0..S_L as (B, T) masks; S_L = the readout tokens
+    counts: torch.Tensor  # (B, L, 3): keys, attention queries and outputs per layer
+    real_lengths: torch.Tensor  # (B,)
+    cost: CostReport
+    attentions: list[torch.Tensor] = field(default_factory=list)  # when requested (dense layouts)
+
+    def kept_positions(self, sample: int) -> list[list[int]]:
+        """Original positions kept by one sample at every layer (its key sets S_0..S_L)."""
+        return [s[sample].nonzero().flatten().tolist() for s in self.key_sets]
+
+    def retention(self) -> torch.Tensor:
+        """Per-sample mean over layers l = 0..L-1 of |S_l| / real length."""
+        layers = torch.stack([s.sum(dim=1) for s in self.key_sets[:-1]], dim=1).double()
+        return (layers / self.real_lengths.double().unsqueeze(1)).mean(dim=1)
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_valid: torch.Tensor,
+    scale: float,
+    need_probs: bool,
+    dropout_p: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attention over compact keys with a key mask. Probabilities are materialised only when needed."""
+    mask = key_valid[:, None, None, :]
+    if not need_probs:
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+        return ctx, None
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale
+    probs = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+    dropped = F.dropout(probs, p=dropout_p) if dropout_p > 0 else probs
+    ctx = torch.matmul(dropped.to(v.dtype), v)
+    return ctx, probs
+
+
+def _merge_heads(ctx: torch.Tensor) -> torch.Tensor:
+    batch, heads, n, head_dim = ctx.shape
+    return ctx.transpose(1, 2).reshape(batch, n, heads * head_dim)
+
+
+def _restrict(requested: torch.Tensor | None, available: torch.Tensor, readout: torch.Tensor, what: str):
+    """Intersect a selector's mask with what is available, refusing tokens that were already removed."""
+    if requested is None:
+        return available
+    requested = requested.bool()
+    if bool((requested & ~available).any()):
+        raise SttabtError(f"{what} asks for tokens that are not in the previous set (sets must be nested)")
+    return requested | readout
+
+
+class SparseEncoder:
+    """Run an adapter's encoder with a token selector. Stateless between calls."""
+
+    def __init__(self, adapter: EncoderAdapter):
+        self.adapter = adapter
+
+    def __call__(
+        self,
+        batch: Mapping[str, torch.Tensor],
+        selector: TokenSelector | None = None,
+        *,
+        collect_attentions: bool = False,
+    ) -> SparseOutput:
+        selector = selector or TokenSelector()
+        adapter = self.adapter
+        if "attention_mask" not in batch or "input_ids" not in batch:
+            raise SttabtError("a batch needs input_ids and attention_mask")
+        valid = batch["attention_mask"].bool()
+        if valid.dim() != 2 or not bool(valid[:, 0].all()):
+            raise SttabtError("every sample must have a real first token (CLS) and right padding")
+        batch_size, length = valid.shape
+        readout = torch.zeros_like(valid)
+        readout[:, 0] = True
+        real_lengths = valid.sum(dim=1)
+
+        hidden = adapter.embed(batch)
+        selector.prepare(batch, valid)
+        key_mask = _restrict(selector.input_mask(valid), valid, readout, "input_mask") & valid
+        keys = compact(key_mask)
+        hidden = gather_tokens(hidden, keys.positions)
+
+        key_sets = [key_mask]
+        counts = torch.zeros(batch_size, adapter.num_layers, 3, dtype=torch.long, device=valid.device)
+        attentions: list[torch.Tensor] = []
+        dropout = adapter.attention_dropout if adapter.training else (lambda _layer: 0.0)
+        for layer in range(adapter.num_layers):
+            last = layer == adapter.num_layers - 1
+            planned = selector.query_mask(layer, key_mask)
+            query_mask = readout if last else _restrict(planned, key_mask, readout, "query_mask")
+            queries = compact(query_mask)
+            rel_q = relative_index(key_mask, queries)
+            query_hidden = gather_tokens(hidden, rel_q)
+            q, k, v = adapter.qkv(layer, hidden, query_hidden)
+            need_probs = collect_attentions or (not last and selector.wants_attention(layer))
+            ctx, probs = attend(q, k, v, keys.valid, adapter.attention_scale(layer), need_probs, dropout(layer))
+            view = LayerView(layer, valid, key_mask, query_mask, keys, queries)
+            if collect_attentions:
+                attentions.append(_scatter_attention(probs, view, length))
+            out_mask, outputs = query_mask, queries
+            chosen = None if last or probs is None else selector.after_attention(view, probs)
+            if chosen is not None:
+                out_mask = _restrict(chosen, query_mask, readout, "after_attention")
+                outputs = compact(out_mask)
+                rel_o = relative_index(query_mask, outputs)
+                ctx = ctx.gather(2, rel_o[:, None, :, None].expand(-1, ctx.shape[1], -1, ctx.shape[-1]))
+                query_hidden = gather_tokens(query_hidden, rel_o)
+            hidden = adapter.finish(layer, _merge_heads(ctx), query_hidden)
+            counts[:, layer, 0] = keys.counts
+            counts[:, layer, 1] = queries.counts
+            counts[:, layer, 2] = outputs.counts
+            key_mask, keys = out_mask, outputs
+            key_sets.append(key_mask)
+
+        logits = adapter.head(hidden[:, :1])
+        overhead = selector.overhead()
+        cost = encoder_cost(
+            adapter.shape,
+            counts,
+            real_lengths,
+            overhead_macs=None if overhead is None else overhead[0],
+            overhead_flops=None if overhead is None else overhead[1],
+        )
+        return SparseOutput(logits, key_sets, counts, real_lengths, cost, attentions)
+
+
+def _scatter_attention(probs: torch.Tensor, view: LayerView, length: int) -> torch.Tensor:
+    """Place compact attention ``(B, H, n_q, n_k)`` into a full ``(B, H, T, T)`` map (zeros elsewhere)."""
+    batch, heads = probs.shape[:2]
+    full = probs.new_zeros(batch, heads, length, length)
+    rows = view.queries.positions[:, None, :, None].expand(-1, heads, -1, length)
+    cols = view.keys.positions[:, None, None, :].expand(-1, heads, probs.shape[2], -1)
+    # Zero padded rows/columns before scattering so they cannot overwrite real entries.
+    probs = probs * view.queries.valid[:, None, :, None] * view.keys.valid[:, None, None, :]
+    by_row = probs.new_zeros(batch, heads, probs.shape[2], length).scatter_add(3, cols, probs)
+    return full.scatter_add(2, rows, by_row)

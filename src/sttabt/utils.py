@@ -1,0 +1,98 @@
+"""Small shared helpers: devices, precision, seeding and atomic file writes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sttabt.errors import SttabtError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; refuses a CUDA request on a machine without one."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SttabtError(f"device {name!r} requested but CUDA is not available on this machine")
+    return device
+
+
+def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    """Autocast for ``bf16``/``fp16`` (weights stay fp32); a no-op for ``fp32``."""
+    if dtype not in DTYPES:
+        raise SttabtError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if dtype == "fp32":
+        return contextlib.nullcontext()
+    if dtype == "fp16" and device.type == "cpu":
+        raise SttabtError("fp16 autocast is not supported on CPU; use --dtype bf16")
+    return torch.autocast(device_type=device.type, dtype=DTYPES[dtype])
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write through a temporary file in the same folder and rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, payload: Any) -> None:
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+@contextlib.contextmanager
+def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling directory; on success it replaces ``final`` in one rename."""
+    import shutil
+
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        if final.exists():
+            backup = final.with_name(f".{final.name}.old")
+            shutil.rmtree(backup, ignore_errors=True)
+            os.replace(final, backup)
+            os.replace(tmp, final)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
