@@ -13,7 +13,7 @@ import sys
 
 from sttabt.errors import SttabtError
 
-COMMANDS = ["finetune", "distill", "evaluate", "bench"]
+COMMANDS = ["finetune", "distill", "evaluate", "sweep", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    _quiet_dependencies()
     for noisy in ("transformers", "accelerate", "urllib3", "filelock", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
@@ -45,6 +46,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sttabt {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _quiet_dependencies() -> None:
+    """Hide transformers' weight-loading bars and load reports: the CLI reports what matters itself."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def load_text_classifier(name_or_path: str, num_labels: int | None = None, probl
         raise SttabtError(f"model path does not exist: {path}")
     try:
         config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:
         raise SttabtError(f"cannot load a model config from {name_or_path!r}: {_first_line(exc)}") from exc
     overrides = {}
     if num_labels is not None and getattr(config, "num_labels", None) != num_labels:
@@ -51,7 +51,7 @@ def load_text_classifier(name_or_path: str, num_labels: int | None = None, probl
     try:
         model = AutoModelForSequenceClassification.from_pretrained(path, **overrides)
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, RuntimeError) as exc:
+    except Exception as exc:  # safetensors, tokenizers and torch raise many types for a bad checkpoint
         raise SttabtError(f"cannot load a classifier from {name_or_path!r}: {_first_line(exc)}") from exc
     HFTextClassifierAdapter(model)  # validates the architecture early, with a clear message
     return model, tokenizer

@@ -58,8 +58,8 @@ def method_names() -> list[str]:
     return sorted(METHODS)
 
 
-def build_selector(name: str, adapter: EncoderAdapter, options: MethodOptions | None = None) -> TokenSelector:
-    options = options or MethodOptions()
+def validate_method(name: str, options: MethodOptions) -> MethodSpec:
+    """Check a method name and its options without a model, so bad input fails before any loading."""
     spec = METHODS.get(name)
     if spec is None:
         raise SttabtError(f"unknown method {name!r}; choose one of {', '.join(method_names())}")
@@ -74,7 +74,12 @@ def build_selector(name: str, adapter: EncoderAdapter, options: MethodOptions | 
                 raise SttabtError(f"keep ratio must be in (0, 1], got {ratio}")
     if isinstance(options.keep, str) and options.keep != "dynamic":
         raise SttabtError(f"--keep must be a ratio in (0, 1] or 'dynamic', got {options.keep!r}")
-    return spec.factory(adapter, options)
+    return spec
+
+
+def build_selector(name: str, adapter: EncoderAdapter, options: MethodOptions | None = None) -> TokenSelector:
+    options = options or MethodOptions()
+    return validate_method(name, options).factory(adapter, options)
 
 
 def parse_keep(text: str | None) -> float | list[float] | str | None:

