@@ -12,8 +12,14 @@ import sttabt
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                        intermediate_size=64, num_labels=3)
+    config = BertConfig(
+        vocab_size=60,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=3,
+    )
     return BertForSequenceClassification(config).eval()
 
 

@@ -20,9 +20,16 @@ SENTENCES = [
     ("the plot is nothing but boilerplate clichés from start to finish .", 0),
     ("it 's a charming and often affecting journey .", 1),
     ("unflinchingly bleak and desperate", 0),
-    ("allows us to hope that nolan is poised to embark a major career as a commercial yet inventive filmmaker .", 1),
-    ("the acting , costumes , music , cinematography and sound are all astounding given the production 's "
-     "austere locales .", 1),
+    (
+        "allows us to hope that nolan is poised to embark a major career as a commercial yet inventive "
+        "filmmaker .",
+        1,
+    ),
+    (
+        "the acting , costumes , music , cinematography and sound are all astounding given the production 's "
+        "austere locales .",
+        1,
+    ),
     ("it 's slow -- very , very slow .", 0),
 ]
 
@@ -37,8 +44,12 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("tiny-classifier")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
     config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-        intermediate_size=64, num_labels=2,
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=2,
     )
     BertForSequenceClassification(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
@@ -58,8 +69,21 @@ def glue_dir(tmp_path_factory) -> Path:
 def _evaluate(model_dir, glue_dir, tmp_path, *extra, name="results") -> tuple[int, dict, Path]:
     out = tmp_path / f"{name}.json"
     preds = tmp_path / f"{name}.jsonl"
-    argv = ["evaluate", "--model", str(model_dir), "--task", "sst2", "--data-dir", str(glue_dir),
-            "--output", str(out), "--predictions", str(preds), "--no-progress", *extra]
+    argv = [
+        "evaluate",
+        "--model",
+        str(model_dir),
+        "--task",
+        "sst2",
+        "--data-dir",
+        str(glue_dir),
+        "--output",
+        str(out),
+        "--predictions",
+        str(preds),
+        "--no-progress",
+        *extra,
+    ]
     code = main(argv)
     return code, (json.loads(out.read_text()) if out.exists() else {}), preds
 
@@ -82,10 +106,30 @@ def test_evaluate_dense_writes_contract(tiny_model_dir, glue_dir, tmp_path):
 
 
 def test_evaluate_topk_prunes_and_is_batch_independent(tiny_model_dir, glue_dir, tmp_path):
-    _, one, preds_one = _evaluate(tiny_model_dir, glue_dir, tmp_path, "--method", "topk", "--keep", "0.3",
-                                  "--batch-size", "1", name="b1")
-    _, many, preds_many = _evaluate(tiny_model_dir, glue_dir, tmp_path, "--method", "topk", "--keep", "0.3",
-                                    "--batch-size", "4", name="b4")
+    _, one, preds_one = _evaluate(
+        tiny_model_dir,
+        glue_dir,
+        tmp_path,
+        "--method",
+        "topk",
+        "--keep",
+        "0.3",
+        "--batch-size",
+        "1",
+        name="b1",
+    )
+    _, many, preds_many = _evaluate(
+        tiny_model_dir,
+        glue_dir,
+        tmp_path,
+        "--method",
+        "topk",
+        "--keep",
+        "0.3",
+        "--batch-size",
+        "4",
+        name="b4",
+    )
     assert one["retention"] < 0.8
     assert one["flops"]["relative"] < 0.6
     assert one["retention"] == pytest.approx(many["retention"])
@@ -96,8 +140,9 @@ def test_evaluate_topk_prunes_and_is_batch_independent(tiny_model_dir, glue_dir,
 
 def test_evaluate_abt_oracle_full_keep_matches_dense(tiny_model_dir, glue_dir, tmp_path):
     _, dense, dense_preds = _evaluate(tiny_model_dir, glue_dir, tmp_path, name="dense")
-    _, oracle, oracle_preds = _evaluate(tiny_model_dir, glue_dir, tmp_path, "--method", "abt-oracle", "--keep", "1",
-                                        name="oracle")
+    _, oracle, oracle_preds = _evaluate(
+        tiny_model_dir, glue_dir, tmp_path, "--method", "abt-oracle", "--keep", "1", name="oracle"
+    )
     assert oracle["retention"] == pytest.approx(1.0)
     for a, b in zip(dense_preds.read_text().splitlines(), oracle_preds.read_text().splitlines(), strict=True):
         assert json.loads(a)["logits"] == pytest.approx(json.loads(b)["logits"], abs=1e-5)
@@ -150,8 +195,12 @@ def test_empty_text_is_an_error(tiny_model_dir, tmp_path, capsys):
 def test_unsupported_model_is_rejected(tmp_path, capsys):
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
-    GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)).save_pretrained(tmp_path / "g")
-    code = main(["evaluate", "--model", str(tmp_path / "g"), "--task", "sst2", "--output", str(tmp_path / "r.json")])
+    GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)).save_pretrained(
+        tmp_path / "g"
+    )
+    code = main(
+        ["evaluate", "--model", str(tmp_path / "g"), "--task", "sst2", "--output", str(tmp_path / "r.json")]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "unsupported model" in err
 
@@ -159,10 +208,93 @@ def test_unsupported_model_is_rejected(tmp_path, capsys):
 def test_console_script_entry_point(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "sttabt", "evaluate", "--model", str(tmp_path / "nope"), "--task", "sst2",
-         "--output", str(tmp_path / "r.json")],
-        capture_output=True, text=True, env=env, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "sttabt",
+            "evaluate",
+            "--model",
+            str(tmp_path / "nope"),
+            "--task",
+            "sst2",
+            "--output",
+            str(tmp_path / "r.json"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("sttabt evaluate: error:")
     assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_approx_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    from sttabt.approxnet import ApproxNet
+    from sttabt.models import load_text_classifier
+
+    model, _ = load_text_classifier(str(tiny_model_dir))
+    directory = tmp_path_factory.mktemp("approx") / "approx-f2"
+    ApproxNet.from_teacher(model, factor=2).save(directory)
+    return directory
+
+
+def test_evaluate_abt_with_approxnet(tiny_model_dir, tiny_approx_dir, glue_dir, tmp_path):
+    _, dense, dense_preds = _evaluate(tiny_model_dir, glue_dir, tmp_path, name="dense")
+    _, full, full_preds = _evaluate(
+        tiny_model_dir,
+        glue_dir,
+        tmp_path,
+        "--method",
+        "abt",
+        "--approx",
+        str(tiny_approx_dir),
+        "--keep",
+        "1",
+        name="abt1",
+    )
+    _, low, _ = _evaluate(
+        tiny_model_dir,
+        glue_dir,
+        tmp_path,
+        "--method",
+        "abt",
+        "--approx",
+        str(tiny_approx_dir),
+        "--keep",
+        "0.2",
+        name="abt02",
+    )
+    for a, b in zip(dense_preds.read_text().splitlines(), full_preds.read_text().splitlines(), strict=True):
+        assert json.loads(a)["logits"] == pytest.approx(json.loads(b)["logits"], abs=1e-5)
+    # FLOPs include the ApproxNet: at k = 1 the method costs more than the dense runtime.
+    assert full["flops"]["per_example"] > dense["flops"]["per_example"]
+    assert low["retention"] < full["retention"]
+    assert low["flops"]["relative"] < full["flops"]["relative"]
+
+
+def test_approxnet_of_another_teacher_is_refused(tiny_approx_dir, glue_dir, tmp_path, capsys):
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from sttabt.models import resolve_model_path
+
+    other = tmp_path / "other"
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=2,
+    )
+    torch.manual_seed(123)
+    BertForSequenceClassification(config).save_pretrained(other)
+    tokenizer.save_pretrained(other)
+    code, _, _ = _evaluate(
+        other, glue_dir, tmp_path, "--method", "abt", "--approx", str(tiny_approx_dir), "--keep", "0.5"
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "teacher" in err and len(err.splitlines()) == 1

@@ -29,7 +29,9 @@ class PrunedClassifier:
     as ``approx`` (a directory or a loaded :class:`~sttabt.approxnet.ApproxNet`) is loaded once.
     """
 
-    def __init__(self, model: nn.Module, method: str = "dense", keep: Any = None, approx: Any = None, **options):
+    def __init__(
+        self, model: nn.Module, method: str = "dense", keep: Any = None, approx: Any = None, **options
+    ):
         self.model = model
         self.adapter = HFTextClassifierAdapter(model)
         self.runner = SparseEncoder(self.adapter)
@@ -65,5 +67,9 @@ class PrunedClassifier:
     @torch.inference_mode()
     def __call__(self, batch: Mapping[str, torch.Tensor]) -> SparseOutput:
         device = self.adapter.device
-        inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        inputs = {
+            k: v.to(device)
+            for k, v in batch.items()
+            if k in ("input_ids", "attention_mask", "token_type_ids")
+        }
         return self.runner(inputs, self.selector())

@@ -17,14 +17,14 @@ COMMANDS = ["finetune", "distill", "evaluate", "sweep", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sttabt", description="Token pruning that physically removes tokens.")
+    parser = argparse.ArgumentParser(
+        prog="sttabt", description="Token pruning that physically removes tokens."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         importlib.import_module(f"sttabt.commands.{name}").register(sub)
     return parser
-
-
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -155,7 +155,17 @@ def run_evaluation(config: EvalConfig, model=None, tokenizer=None) -> EvalRun:
     metrics = compute_metrics(task.name, predictions, labels)
     log.info("%s on %s/%s: %s", config.method, task.name, config.split, metrics)
     return EvalRun(
-        config, metrics, logits, labels, retention, layer_retention, flops, macs, dense_flops, dense_macs, seconds
+        config,
+        metrics,
+        logits,
+        labels,
+        retention,
+        layer_retention,
+        flops,
+        macs,
+        dense_flops,
+        dense_macs,
+        seconds,
     )
 
 
@@ -168,6 +178,8 @@ def write_outputs(run: EvalRun, output: str | Path, predictions: str | Path | No
         lines = []
         for index, (label, row) in enumerate(zip(run.labels, run.logits.tolist(), strict=True)):
             prediction = row[0] if regression else int(max(range(len(row)), key=row.__getitem__))
-            lines.append(json.dumps({"index": index, "label": label, "prediction": prediction, "logits": row}))
+            lines.append(
+                json.dumps({"index": index, "label": label, "prediction": prediction, "logits": row})
+            )
         atomic_write_text(predictions, "\n".join(lines) + "\n")
     return report

@@ -176,7 +176,9 @@ class SparseEncoder:
             query_hidden = gather_tokens(hidden, rel_q)
             q, k, v = adapter.qkv(layer, hidden, query_hidden)
             need_probs = collect_attentions or (not last and selector.wants_attention(layer))
-            ctx, probs = attend(q, k, v, keys.valid, adapter.attention_scale(layer), need_probs, dropout(layer))
+            ctx, probs = attend(
+                q, k, v, keys.valid, adapter.attention_scale(layer), need_probs, dropout(layer)
+            )
             view = LayerView(layer, valid, key_mask, query_mask, keys, queries)
             if collect_attentions:
                 attentions.append(_scatter_attention(probs, view, length))

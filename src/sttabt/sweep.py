@@ -111,7 +111,9 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                 cells.append("")
                 continue
             _, value = _primary(row["metrics"])
-            cells.append(f"{100 * value:.2f} / {100 * row['retention']:.1f} / {100 * row['relative_flops']:.1f}")
+            cells.append(
+                f"{100 * value:.2f} / {100 * row['retention']:.1f} / {100 * row['relative_flops']:.1f}"
+            )
         lines.append(f"| {keep} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -129,9 +131,13 @@ def plot_summary(summary: dict[str, Any], path: str | Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     styles = {"abt": ("ABT (ApproxNet)", "o-"), "abt-oracle": ("ABT oracle", "s--"), "topk": ("top-k", "^-")}
     for method, (label, style) in styles.items():
-        points = sorted((r["relative_flops"], _primary(r["metrics"])[1]) for r in rows if r["method"] == method)
+        points = sorted(
+            (r["relative_flops"], _primary(r["metrics"])[1]) for r in rows if r["method"] == method
+        )
         if points:
-            ax.plot([100 * x for x, _ in points], [100 * y for _, y in points], style, label=label, markersize=4)
+            ax.plot(
+                [100 * x for x, _ in points], [100 * y for _, y in points], style, label=label, markersize=4
+            )
     ax.axhline(100 * dense_value, color="gray", linestyle=":", label="dense")
     ax.axhline(100 * dense_value - 1, color="gray", linestyle=":", alpha=0.4, label="dense − 1")
     ax.set_xlabel("relative FLOPs % (incl. overhead)")

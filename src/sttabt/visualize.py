@@ -49,13 +49,16 @@ def kept_tokens_html(
         count = sum(1 for flag in kept[: len(tokens)] if flag)
         label = f"S_{layer} ({count})" if layer < num_layers else f"out ({count})"
         cells = "".join(
-            f'<span class="t {"k" if kept[i] else "d"}">{html.escape(tok)}</span>' for i, tok in enumerate(tokens)
+            f'<span class="t {"k" if kept[i] else "d"}">{html.escape(tok)}</span>'
+            for i, tok in enumerate(tokens)
         )
         parts.append(f'<div class="row"><span class="lbl">{label}</span>{cells}</div>')
     return "\n".join(parts)
 
 
-def write_page(path: str | Path, title: str, sections: Sequence[str], summary_rows: Sequence[dict] = ()) -> None:
+def write_page(
+    path: str | Path, title: str, sections: Sequence[str], summary_rows: Sequence[dict] = ()
+) -> None:
     """Write a complete HTML page with an optional summary table and the given fragments (atomically)."""
     table = ""
     if summary_rows:
@@ -68,7 +71,8 @@ def write_page(path: str | Path, title: str, sections: Sequence[str], summary_ro
         table = f"<table><tr>{head}</tr>{body}</table>"
     legend = (
         '<p class="legend"><span class="t k">kept</span><span class="t d">removed</span> '
-        "Line S_l lists the tokens layer l reads (keys/values); the last line is what the classifier reads.</p>"
+        "Line S_l lists the tokens layer l reads (keys/values); "
+        "the last line is what the classifier reads.</p>"
     )
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

@@ -70,7 +70,9 @@ class HFTextClassifierAdapter(EncoderAdapter):
     # -- one layer ----------------------------------------------------------------------------------------
     def _heads(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         attn = self.layers[layer].attention.self
-        return x.view(x.shape[0], x.shape[1], attn.num_attention_heads, attn.attention_head_size).transpose(1, 2)
+        return x.view(x.shape[0], x.shape[1], attn.num_attention_heads, attn.attention_head_size).transpose(
+            1, 2
+        )
 
     def qkv(self, layer: int, key_hidden: torch.Tensor, query_hidden: torch.Tensor):
         attn = self.layers[layer].attention.self
@@ -100,4 +102,6 @@ class HFTextClassifierAdapter(EncoderAdapter):
 
 
 def is_supported_text_model(model: nn.Module) -> bool:
-    return getattr(getattr(model, "config", None), "model_type", None) in HEAD_STYLES and hasattr(model, "classifier")
+    return getattr(getattr(model, "config", None), "model_type", None) in HEAD_STYLES and hasattr(
+        model, "classifier"
+    )

@@ -17,7 +17,9 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep ratio as a fraction of each example's real length: 0.3, a per-layer list 0.9,0.7,... "
         "or 'dynamic' (ABT)",
     )
-    group.add_argument("--schedule", default="constant", choices=["constant", "reference"], help="top-k schedule")
+    group.add_argument(
+        "--schedule", default="constant", choices=["constant", "reference"], help="top-k schedule"
+    )
     group.add_argument("--approx", default=None, help="ApproxNet directory (ABT)")
     group.add_argument("--p", type=float, default=0.1, help="ABT impact mixing constant")
     group.add_argument("--head-reduction", default="mean", choices=["mean", "max"])
@@ -37,4 +39,6 @@ def method_options_from_args(args: argparse.Namespace) -> MethodOptions:
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision")
+    parser.add_argument(
+        "--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision"
+    )

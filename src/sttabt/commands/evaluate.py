@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in report["metrics"].items())
     print(
         f"{report['method']} {report['task']}/{report['split']} ({report['examples']} examples): {metrics}; "
-        f"retention {report['retention']:.3f}; relative FLOPs {report['flops']['relative']:.3f} -> {args.output}"
+        f"retention {report['retention']:.3f}; relative FLOPs {report['flops']['relative']:.3f}"
+        f" -> {args.output}"
     )
     return 0

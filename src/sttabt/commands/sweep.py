@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from sttabt.commands.common import add_runtime_arguments
 from sttabt.errors import SttabtError
@@ -52,5 +53,5 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     run_sweep(base, args.output_dir, keeps, methods, args.approx)
-    print(open(f"{args.output_dir}/summary.md").read())
+    print(Path(args.output_dir, "summary.md").read_text())
     return 0

@@ -102,11 +102,15 @@ def backtrack(
     for layer in range(num_layers - 1, -1, -1):
         probs = attentions[layer].float()
         if probs.shape != (batch, probs.shape[1], length, length):
-            raise ValueError(f"attention of layer {layer} has shape {tuple(probs.shape)}, expected (B, H, T, T)")
+            raise ValueError(
+                f"attention of layer {layer} has shape {tuple(probs.shape)}, expected (B, H, T, T)"
+            )
         head = probs.mean(dim=1) if head_reduction == "mean" else probs.amax(dim=1)  # (B, Tq, Tk)
         row_weight = needed.float() * ((1.0 - p) + p * impact)  # (B, Tq); zero off S_{l+1}
         if token_reduction == "mean":
-            score = torch.einsum("bq,bqk->bk", row_weight, head) / needed.float().sum(1, keepdim=True).clamp(min=1)
+            score = torch.einsum("bq,bqk->bk", row_weight, head) / needed.float().sum(1, keepdim=True).clamp(
+                min=1
+            )
         else:
             weighted = head * row_weight.unsqueeze(-1)
             score = weighted.masked_fill(~needed.unsqueeze(-1), -math.inf).amax(dim=1)

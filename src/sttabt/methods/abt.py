@@ -100,7 +100,9 @@ def _keep_or_error(options: MethodOptions) -> Any:
     return options.keep
 
 
-@register_method("abt", "STTABT back-tracking driven by a distilled ApproxNet", needs_keep=True, needs_approx=True)
+@register_method(
+    "abt", "STTABT back-tracking driven by a distilled ApproxNet", needs_keep=True, needs_approx=True
+)
 def build_abt(adapter: EncoderAdapter, options: MethodOptions) -> TokenSelector:
     from sttabt.approxnet import ApproxNet
 

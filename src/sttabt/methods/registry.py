@@ -91,5 +91,7 @@ def parse_keep(text: str | None) -> float | list[float] | str | None:
     try:
         values = [float(part) for part in text.split(",")]
     except ValueError as exc:
-        raise SttabtError(f"--keep must be a number in (0, 1], a comma list, or 'dynamic'; got {text!r}") from exc
+        raise SttabtError(
+            f"--keep must be a number in (0, 1], a comma list, or 'dynamic'; got {text!r}"
+        ) from exc
     return values[0] if len(values) == 1 else values
