@@ -96,25 +96,34 @@ class SparseOutput:
         return (layers / self.real_lengths.double().unsqueeze(1)).mean(dim=1)
 
 
-def attend(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    key_valid: torch.Tensor,
-    scale: float,
-    need_probs: bool,
-    dropout_p: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Attention over compact keys with a key mask. Probabilities are materialised only when needed."""
-    mask = key_valid[:, None, None, :]
-    if not need_probs:
-        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
-        return ctx, None
-    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale
-    probs = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
-    dropped = F.dropout(probs, p=dropout_p) if dropout_p > 0 else probs
-    ctx = torch.matmul(dropped.to(v.dtype), v)
-    return ctx, probs
+def attention_probs(q: torch.Tensor, k: torch.Tensor, key_valid: torch.Tensor, scale: float) -> torch.Tensor:
+    """Softmax attention probabilities ``(B, H, n_q, n_k)`` in float32 over compact keys with a key mask."""
+    scores = torch.matmul(q * scale, k.transpose(-1, -2)).float()
+    if not bool(key_valid.all()):
+        scores = scores.masked_fill(~key_valid[:, None, None, :], float("-inf"))
+    return scores.softmax(dim=-1)
+
+
+def fused_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor, scale: float, dropout_p: float
+) -> torch.Tensor:
+    """``scaled_dot_product_attention`` over compact keys; no mask at all when no key is padding."""
+    mask = None if bool(key_valid.all()) else key_valid[:, None, None, :]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+
+
+def _rows(tensor: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+    """Gather query rows ``rel (B, m)`` of a per-head tensor ``(B, H, n, X)``."""
+    return tensor.gather(2, rel[:, None, :, None].expand(-1, tensor.shape[1], -1, tensor.shape[-1]))
+
+
+def _take_prefix_or_gather(hidden: torch.Tensor, index: CompactIndex) -> torch.Tensor:
+    """Gather the members of ``index``; a plain slice when they are the leading positions (right padding)."""
+    width = index.positions.shape[1]
+    leading = torch.arange(width, device=index.positions.device)
+    if bool(((index.positions == leading) | ~index.valid).all()):
+        return hidden[:, :width]
+    return gather_tokens(hidden, index.positions)
 
 
 def _merge_heads(ctx: torch.Tensor) -> torch.Tensor:
@@ -161,7 +170,7 @@ class SparseEncoder:
         selector.prepare(batch, valid)
         key_mask = _restrict(selector.input_mask(valid), valid, readout, "input_mask") & valid
         keys = compact(key_mask)
-        hidden = gather_tokens(hidden, keys.positions)
+        hidden = _take_prefix_or_gather(hidden, keys)
 
         key_sets = [key_mask]
         counts = torch.zeros(batch_size, adapter.num_layers, 3, dtype=torch.long, device=valid.device)
@@ -169,27 +178,38 @@ class SparseEncoder:
         dropout = adapter.attention_dropout if adapter.training else (lambda _layer: 0.0)
         for layer in range(adapter.num_layers):
             last = layer == adapter.num_layers - 1
-            planned = selector.query_mask(layer, key_mask)
-            query_mask = readout if last else _restrict(planned, key_mask, readout, "query_mask")
-            queries = compact(query_mask)
-            rel_q = relative_index(key_mask, queries)
-            query_hidden = gather_tokens(hidden, rel_q)
+            planned = None if last else selector.query_mask(layer, key_mask)
+            if last:
+                query_mask, queries = readout, compact(readout)
+            elif planned is None:  # every current token is a query: no gather needed
+                query_mask, queries = key_mask, keys
+            else:
+                query_mask = _restrict(planned, key_mask, readout, "query_mask")
+                queries = compact(query_mask)
+            if queries is keys:
+                query_hidden = hidden
+            else:
+                query_hidden = gather_tokens(hidden, relative_index(key_mask, queries))
             q, k, v = adapter.qkv(layer, hidden, query_hidden)
-            need_probs = collect_attentions or (not last and selector.wants_attention(layer))
-            ctx, probs = attend(
-                q, k, v, keys.valid, adapter.attention_scale(layer), need_probs, dropout(layer)
-            )
-            view = LayerView(layer, valid, key_mask, query_mask, keys, queries)
-            if collect_attentions:
-                attentions.append(_scatter_attention(probs, view, length))
+            scale, drop = adapter.attention_scale(layer), dropout(layer)
             out_mask, outputs = query_mask, queries
-            chosen = None if last or probs is None else selector.after_attention(view, probs)
-            if chosen is not None:
-                out_mask = _restrict(chosen, query_mask, readout, "after_attention")
-                outputs = compact(out_mask)
-                rel_o = relative_index(query_mask, outputs)
-                ctx = ctx.gather(2, rel_o[:, None, :, None].expand(-1, ctx.shape[1], -1, ctx.shape[-1]))
-                query_hidden = gather_tokens(query_hidden, rel_o)
+            if not (collect_attentions or (not last and selector.wants_attention(layer))):
+                ctx = fused_attention(q, k, v, keys.valid, scale, drop)
+            else:
+                probs = attention_probs(q, k, keys.valid, scale)
+                view = LayerView(layer, valid, key_mask, query_mask, keys, queries)
+                if collect_attentions:
+                    attentions.append(_scatter_attention(probs, view, length))
+                chosen = None if last else selector.after_attention(view, probs)
+                if chosen is not None:  # online pruning: A·V and everything after only for the kept rows
+                    out_mask = _restrict(chosen, query_mask, readout, "after_attention")
+                    outputs = compact(out_mask)
+                    rel_o = relative_index(query_mask, outputs)
+                    probs = _rows(probs, rel_o)
+                    query_hidden = gather_tokens(query_hidden, rel_o)
+                if drop > 0:
+                    probs = F.dropout(probs, p=drop)
+                ctx = torch.matmul(probs.to(v.dtype), v)
             hidden = adapter.finish(layer, _merge_heads(ctx), query_hidden)
             counts[:, layer, 0] = keys.counts
             counts[:, layer, 1] = queries.counts

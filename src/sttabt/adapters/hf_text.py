@@ -56,6 +56,7 @@ class HFTextClassifierAdapter(EncoderAdapter):
             intermediate_size=config.intermediate_size,
             num_heads=config.num_attention_heads,
             head_macs=head_macs,
+            embedding_macs_per_token=_embedding_projection_macs(self.base),
         )
 
     # -- embeddings ---------------------------------------------------------------------------------------
@@ -99,6 +100,11 @@ class HFTextClassifierAdapter(EncoderAdapter):
             pooled = self.base.pooler(readout_hidden)
             return self.model.classifier(self.model.dropout(pooled))
         return self.model.classifier(readout_hidden)
+
+
+def _embedding_projection_macs(base: nn.Module) -> int:
+    project = getattr(base, "embeddings_project", None)
+    return int(project.in_features * project.out_features) if isinstance(project, nn.Linear) else 0
 
 
 def is_supported_text_model(model: nn.Module) -> bool:

@@ -1,6 +1,73 @@
-"""Placeholder, replaced by the module's owner."""
+"""``sttabt bench``: wall-clock latency of the dense model vs a pruning method on the same inputs."""
+
+from __future__ import annotations
+
+import argparse
+
+from sttabt.methods.registry import parse_keep
 
 
-def register(sub):
-    p = sub.add_parser("bench", help="(not implemented yet)")
-    p.set_defaults(func=lambda args: 1)
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="time HF dense, runtime dense and a method on identical random inputs",
+        description=(
+            "Times the unmodified Hugging Face forward, the sparse runtime with the dense selector and the "
+            "runtime with METHOD, interleaved round-robin on the same random inputs (CLS first; every sample "
+            "has real length --seq-len unless --length-jitter is set). Reports median/p10/p90 ms, the "
+            "speed-up over HF dense, the ideal speed-up from the FLOPs report and their ratio (efficiency)."
+        ),
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="model directory or Hub id, or random:bert-base / random:minilm (random weights, no download)",
+    )
+    p.add_argument("--method", required=True, help="pruning method (e.g. topk, abt, dense)")
+    p.add_argument("--keep", default=None, help="keep ratio in (0, 1], a per-layer comma list, or 'dynamic'")
+    p.add_argument("--schedule", choices=["constant", "reference"], default="constant", help="top-k schedule")
+    p.add_argument("--approx", default=None, metavar="DIR", help="distilled ApproxNet directory (ABT)")
+    p.add_argument("--p", type=float, default=0.1, help="ABT/concrete parameter p (default 0.1)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--seq-len", type=int, default=128, help="real length of every sample (incl. CLS)")
+    p.add_argument(
+        "--length-jitter",
+        type=float,
+        default=0.0,
+        help="draw real lengths uniformly from [ceil((1-J)*seq_len), seq_len] and pad to the longest",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast precision")
+    p.add_argument("--warmup", type=int, default=3, help="untimed rounds before measuring")
+    p.add_argument("--repeats", type=int, default=10, help="timed rounds (each times all three variants)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", required=True, help="where to write the JSON result")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sttabt.bench import BenchConfig, format_summary, run_benchmark
+
+    config = BenchConfig(
+        model=args.model,
+        method=args.method,
+        keep=parse_keep(args.keep),
+        schedule=args.schedule,
+        approx=args.approx,
+        p=args.p,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        length_jitter=args.length_jitter,
+        device=args.device,
+        dtype=args.dtype,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        threads=args.threads,
+        seed=args.seed,
+        output=args.output,
+    )
+    result = run_benchmark(config)
+    print(format_summary(result))
+    print(f"wrote {args.output}")
+    return 0

@@ -10,7 +10,8 @@ Conventions (documented in the README):
 * Lengths are each example's real token counts, never the padded batch length.
 
 Per layer a run is described by three counts per sample: ``n_k`` keys/values read, ``n_q`` queries
-whose attention is computed, and ``n_o`` tokens whose output (attention projection, FFN) is produced.
+whose attention scores are computed, and ``n_o`` tokens whose output (A·V, attention projection, FFN) is
+produced.
 Planned methods (ABT) have ``n_q == n_o``; online methods (top-k, LTP) compute attention for all current
 tokens and prune afterwards, so ``n_q == n_k`` and ``n_o`` is the kept count.
 """
@@ -35,6 +36,7 @@ class EncoderShape:
     intermediate_size: int
     num_heads: int
     head_macs: int = 0  # pooler + classifier for one readout token
+    embedding_macs_per_token: int = 0  # e.g. ELECTRA's projection from embedding_size to hidden_size
     layernorms_per_layer: int = 2
     embedding_layernorm: bool = True
 
@@ -47,7 +49,8 @@ def layer_costs(shape: EncoderShape, counts: torch.Tensor) -> tuple[torch.Tensor
     macs = (
         n_q * d * d  # Q projection
         + 2 * n_k * d * d  # K and V projections
-        + 2 * n_q * n_k * d  # QKᵀ and A·V over all heads
+        + n_q * n_k * d  # QKᵀ over all heads
+        + n_o * n_k * d  # A·V, only for the rows that continue (online methods prune before it)
         + n_o * d * d  # attention-output projection
         + 2 * n_o * d * d_ff  # FFN
     )
@@ -85,7 +88,7 @@ def encoder_cost(
     if counts.dim() != 3 or counts.shape[1:] != (shape.num_layers, 3):
         raise ValueError(f"counts must be (batch, {shape.num_layers}, 3), got {tuple(counts.shape)}")
     macs, elementwise = layer_costs(shape, counts)
-    total_macs = macs.sum(dim=1) + shape.head_macs
+    total_macs = macs.sum(dim=1) + shape.head_macs + shape.embedding_macs_per_token * real_lengths.double()
     total_elem = elementwise.sum(dim=1)
     if shape.embedding_layernorm:
         total_elem = total_elem + LAYERNORM_FLOPS * real_lengths.double() * shape.hidden_size

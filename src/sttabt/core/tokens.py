@@ -54,8 +54,10 @@ def compact(mask: torch.Tensor) -> CompactIndex:
 
 def expand(index: CompactIndex, length: int) -> torch.Tensor:
     """Inverse of :func:`compact`: the membership mask ``(B, length)``."""
-    mask = torch.zeros(index.positions.shape[0], length, dtype=torch.bool, device=index.positions.device)
-    return mask.scatter(1, index.positions, index.valid)
+    # Padding slots point at position 0; send them to a spare column so they cannot clear a real member.
+    target = torch.where(index.valid, index.positions, torch.full_like(index.positions, length))
+    mask = torch.zeros(index.positions.shape[0], length + 1, dtype=torch.bool, device=index.positions.device)
+    return mask.scatter(1, target, True)[:, :length]
 
 
 def relative_index(outer: torch.Tensor, inner: CompactIndex) -> torch.Tensor:
@@ -76,11 +78,9 @@ def gather_tokens(hidden: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
 
 def scatter_scores(scores: torch.Tensor, index: CompactIndex, length: int, fill: float) -> torch.Tensor:
     """Place per-member scores ``(B, m)`` back at their original positions ``(B, length)``."""
-    out = torch.full((scores.shape[0], length), fill, dtype=scores.dtype, device=scores.device)
-    src = torch.where(index.valid, scores, torch.full_like(scores, fill))
-    # Padding entries point at position 0; write them first so real members win.
-    out = out.scatter(1, index.positions, src)
-    return out.scatter(1, index.positions[:, :1], src[:, :1])
+    target = torch.where(index.valid, index.positions, torch.full_like(index.positions, length))
+    out = torch.full((scores.shape[0], length + 1), fill, dtype=scores.dtype, device=scores.device)
+    return out.scatter(1, target, scores)[:, :length]
 
 
 def keep_counts(keep: float, real_lengths: torch.Tensor) -> torch.Tensor:

@@ -42,6 +42,7 @@ class TopKSelector(TokenSelector):
 
     def prepare(self, batch, valid: torch.Tensor) -> None:
         self.real_lengths = valid.sum(dim=1)
+        self._scoring_flops = torch.zeros(valid.shape[0], dtype=torch.float64, device=valid.device)
 
     def wants_attention(self, layer: int) -> bool:
         return True
@@ -51,8 +52,16 @@ class TopKSelector(TokenSelector):
         per_key = torch.einsum("bq,bqk->bk", rows, probs.float().mean(dim=1)) / rows.sum(1, keepdim=True)
         length = view.valid.shape[1]
         scores = scatter_scores(per_key, view.keys, length, fill=float("-inf"))
+        scores[:, 0] = float("inf")  # CLS is always kept and counts towards the budget
         counts = keep_counts(self.ratios[view.layer], self.real_lengths)
+        # Scoring cost: head mean and row mean over (n_q, n_k), plus ranking the keys.
+        n_q, n_k = view.queries.counts.double(), view.keys.counts.double()
+        heads = probs.shape[1]
+        self._scoring_flops += heads * n_q * n_k + n_q * n_k + n_k * torch.log2(n_k.clamp(min=2)).ceil()
         return topk_mask(scores, view.query_mask, counts)
+
+    def overhead(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros_like(self._scoring_flops), self._scoring_flops
 
 
 @register_method("topk", "forward top-k by the layer's own attention (no back-tracking)", needs_keep=True)

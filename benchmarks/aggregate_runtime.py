@@ -1,0 +1,123 @@
+"""Collect ``sttabt bench`` results into ``summary.json`` and a markdown table ``summary.md``.
+
+Usage: ``python benchmarks/aggregate_runtime.py [RESULTS_DIR]`` (default ``benchmarks/results/runtime``).
+Every ``*.json`` in the folder except ``summary.json`` is read as one benchmark result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from sttabt.utils import atomic_write_json, atomic_write_text
+
+DEFAULT_DIR = Path(__file__).resolve().parent / "results" / "runtime"
+SUMMARY_JSON = "summary.json"
+SUMMARY_MD = "summary.md"
+
+
+def efficiency_target(batch_size: int) -> float | None:
+    """The issue's targets for measured / ideal speed-up: 0.85 at batch 32 (and larger), 0.7 at batch 1."""
+    if batch_size >= 32:
+        return 0.85
+    if batch_size == 1:
+        return 0.7
+    return None
+
+
+def _keep_label(keep: Any) -> str:
+    if isinstance(keep, list):
+        return "per-layer"
+    return "-" if keep is None else str(keep)
+
+
+def _keep_number(keep: Any) -> float:
+    return float(keep) if isinstance(keep, int | float) else 0.0
+
+
+def row(name: str, result: dict[str, Any]) -> dict[str, Any]:
+    timings = result["timings"]
+    target = efficiency_target(int(result["batch_size"]))
+    return {
+        "name": name,
+        "model": result["model"],
+        "method": result["method"],
+        "keep": result["options"].get("keep"),
+        "schedule": result["options"].get("schedule"),
+        "batch_size": result["batch_size"],
+        "seq_len": result["seq_len"],
+        "dtype": result["dtype"],
+        "device": result["device"],
+        "device_name": result.get("device_info", {}).get("name"),
+        "threads": result["threads"],
+        "repeats": result["repeats"],
+        "dense_ms": timings["hf_dense"]["median_ms"],
+        "runtime_dense_ms": timings["runtime_dense"]["median_ms"],
+        "method_ms": timings["method"]["median_ms"],
+        "speedup": result["speedup"],
+        "ideal_speedup": result["ideal_speedup"],
+        "efficiency": result["efficiency"],
+        "relative_flops": result["flops"]["relative"],
+        "target": target,
+        "meets_target": None if target is None else bool(result["efficiency"] >= target),
+    }
+
+
+def load_rows(folder: Path) -> list[dict[str, Any]]:
+    rows = []
+    for path in sorted(folder.glob("*.json")):
+        if path.name == SUMMARY_JSON:
+            continue
+        rows.append(row(path.stem, json.loads(path.read_text(encoding="utf-8"))))
+    rows.sort(key=lambda r: (r["model"], r["dtype"], r["batch_size"], r["seq_len"], -_keep_number(r["keep"])))
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    devices = sorted({f"{r['device']} ({r['device_name']}), {r['threads']} threads" for r in rows})
+    lines = [
+        "# Runtime wall-clock benchmark",
+        "",
+        f"Device: {'; '.join(devices) or 'n/a'}. Times are medians in ms. Dense = the unmodified HF forward; "
+        "speed-up = dense / method; ideal = dense FLOPs / method FLOPs (incl. method overhead); "
+        "efficiency = speed-up / ideal. Targets: ≥ 0.85 at batch 32, ≥ 0.7 at batch 1.",
+        "",
+        "| model | method | batch | seq | keep | dtype | dense ms | runtime-dense ms | method ms | speed-up "
+        "| ideal | efficiency | target |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        target = "-" if r["target"] is None else f"{'ok' if r['meets_target'] else 'below'} ({r['target']})"
+        lines.append(
+            f"| {r['model']} | {r['method']} | {r['batch_size']} | {r['seq_len']} | {_keep_label(r['keep'])} "
+            f"| {r['dtype']} | {r['dense_ms']:.1f} | {r['runtime_dense_ms']:.1f} | {r['method_ms']:.1f} "
+            f"| {r['speedup']:.2f} | {r['ideal_speedup']:.2f} | {r['efficiency']:.2f} | {target} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def aggregate(folder: Path) -> list[dict[str, Any]]:
+    rows = load_rows(folder)
+    atomic_write_json(folder / SUMMARY_JSON, {"rows": rows})
+    atomic_write_text(folder / SUMMARY_MD, markdown(rows))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", nargs="?", type=Path, default=DEFAULT_DIR)
+    args = parser.parse_args(argv)
+    if not args.folder.is_dir():
+        print(f"aggregate_runtime: error: no such folder {args.folder}", file=sys.stderr)
+        return 2
+    rows = aggregate(args.folder)
+    print(f"{len(rows)} results -> {args.folder / SUMMARY_MD}")
+    print(markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,437 @@
+"""Wall-clock latency of the unmodified model, the runtime's dense path and a pruning method.
+
+FLOPs say what a method *could* save; this module measures what it *does* save on a given device. The
+three variants run in one process on identical inputs, interleaved round-robin (with the order rotated
+every round) so that a noisy neighbour or thermal drift affects all of them alike:
+
+* ``hf_dense``: the unmodified Hugging Face forward, ``model(**batch).logits`` (the baseline);
+* ``runtime_dense``: :class:`~sttabt.runtime.SparseEncoder` with the dense selector (the runtime's own
+  overhead; note it already computes only CLS in the last layer);
+* ``method``: the runtime with the method's selector. Everything a method does per batch (for ABT the
+  ApproxNet forward and the construction of every token set, which happen in ``prepare()``) runs inside
+  the timed runtime call; nothing is precomputed outside it.
+
+Inputs are random token ids with CLS first. By default every sample has real length ``seq_len`` (no
+padding); ``length_jitter = j`` draws each real length uniformly from ``[ceil((1-j)·seq_len), seq_len]``
+and right-pads to the longest sample, as dynamic padding would. FLOPs always use the real lengths.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import os
+import platform
+import re
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from sttabt.adapters.hf_text import HFTextClassifierAdapter
+from sttabt.core.flops import dense_cost
+from sttabt.errors import SttabtError
+from sttabt.methods.registry import METHODS, MethodOptions, build_selector
+from sttabt.runtime import SparseEncoder
+from sttabt.utils import DTYPES, atomic_write_json, autocast, resolve_device, set_seed
+
+log = logging.getLogger(__name__)
+
+RANDOM_PREFIX = "random:"
+#: Randomly initialised ``BertForSequenceClassification`` shapes for ``--model random:<name>``.
+RANDOM_SHAPES: dict[str, dict[str, int]] = {
+    "bert-base": {
+        "num_hidden_layers": 12,
+        "hidden_size": 768,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+    },
+    "minilm": {
+        "num_hidden_layers": 6,
+        "hidden_size": 384,
+        "num_attention_heads": 12,
+        "intermediate_size": 1536,
+    },
+}
+RANDOM_VOCAB = 30522
+RANDOM_NUM_LABELS = 2
+#: [CLS] of the BERT uncased vocabulary, used when there is no tokenizer to ask.
+BERT_CLS_ID = 101
+#: Variants in the order of the first round; later rounds rotate it.
+VARIANTS = ("hf_dense", "runtime_dense", "method")
+_ROBERTA_LIKE = ("roberta", "xlm-roberta", "camembert")
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+@dataclass
+class BenchConfig:
+    """One benchmark: a model, a method with its options, an input shape and a measurement protocol.
+
+    ``model_config`` (a ``transformers`` config) builds a randomly initialised classifier of that config
+    instead of loading ``model``; ``model`` is then only a label. Tests use it for tiny models.
+    """
+
+    model: str
+    method: str
+    keep: float | list[float] | str | None = None
+    schedule: str = "constant"
+    approx: str | None = None
+    p: float = 0.1
+    batch_size: int = 1
+    seq_len: int = 128
+    length_jitter: float = 0.0
+    device: str = "auto"
+    dtype: str = "fp32"
+    warmup: int = 3
+    repeats: int = 10
+    threads: int | None = None
+    seed: int = 0
+    output: str | None = None
+    model_config: Any = field(default=None, repr=False)
+
+    def method_options(self) -> MethodOptions:
+        return MethodOptions(keep=self.keep, schedule=self.schedule, approx=self.approx, p=self.p)
+
+    def validate(self) -> None:
+        """Cheap checks before any model is loaded, so a typo fails in milliseconds with a clear message."""
+        if self.method not in METHODS:
+            raise SttabtError(f"unknown method {self.method!r}; choose one of {', '.join(sorted(METHODS))}")
+        keep = self.keep
+        if keep is not None and not isinstance(keep, str):
+            for ratio in keep if isinstance(keep, list) else [keep]:
+                if not 0.0 < float(ratio) <= 1.0:
+                    raise SttabtError(f"keep ratio must be in (0, 1], got {ratio}")
+        if isinstance(keep, str) and keep != "dynamic":
+            raise SttabtError(f"--keep must be a ratio in (0, 1] or 'dynamic', got {keep!r}")
+        if self.batch_size < 1:
+            raise SttabtError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.seq_len < 2:
+            raise SttabtError(f"--seq-len must be at least 2 (CLS plus one token), got {self.seq_len}")
+        if not 0.0 <= self.length_jitter < 1.0:
+            raise SttabtError(f"--length-jitter must be in [0, 1), got {self.length_jitter}")
+        if self.warmup < 0:
+            raise SttabtError(f"--warmup must be >= 0, got {self.warmup}")
+        if self.repeats < 1:
+            raise SttabtError(f"--repeats must be >= 1, got {self.repeats}")
+        if self.threads is not None and self.threads < 1:
+            raise SttabtError(f"--threads must be >= 1, got {self.threads}")
+        if self.dtype not in DTYPES:
+            raise SttabtError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if not _DEVICE_RE.match(self.device):
+            raise SttabtError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.model_config is None and self.model.startswith(RANDOM_PREFIX):
+            name = self.model[len(RANDOM_PREFIX) :]
+            if name not in RANDOM_SHAPES:
+                raise SttabtError(
+                    f"unknown random model {self.model!r}; choose one of "
+                    + ", ".join(RANDOM_PREFIX + n for n in RANDOM_SHAPES)
+                )
+
+    def command_line(self) -> str:
+        """A canonical ``sttabt bench`` invocation that reproduces this benchmark."""
+        args = ["sttabt", "bench", "--model", self.model, "--method", self.method]
+        if self.keep is not None:
+            keep = self.keep
+            args += ["--keep", ",".join(str(k) for k in keep) if isinstance(keep, list) else str(keep)]
+        if self.method == "topk":
+            args += ["--schedule", self.schedule]
+        if self.approx:
+            args += ["--approx", self.approx, "--p", str(self.p)]
+        args += ["--batch-size", str(self.batch_size), "--seq-len", str(self.seq_len)]
+        if self.length_jitter:
+            args += ["--length-jitter", str(self.length_jitter)]
+        args += ["--device", self.device, "--dtype", self.dtype]
+        args += ["--warmup", str(self.warmup), "--repeats", str(self.repeats)]
+        if self.threads is not None:
+            args += ["--threads", str(self.threads)]
+        args += ["--seed", str(self.seed)]
+        if self.output:
+            args += ["--output", str(self.output)]
+        return shlex.join(args)
+
+
+# -- model and inputs ---------------------------------------------------------------------------------------
+def build_model(config: BenchConfig) -> tuple[torch.nn.Module, int]:
+    """The classifier to time (in eval mode, on CPU) and the id to put first in every sample."""
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+
+    tokenizer = None
+    if config.model_config is not None:
+        model = AutoModelForSequenceClassification.from_config(config.model_config)
+    elif config.model.startswith(RANDOM_PREFIX):
+        shape = RANDOM_SHAPES[config.model[len(RANDOM_PREFIX) :]]
+        model = BertForSequenceClassification(
+            BertConfig(vocab_size=RANDOM_VOCAB, num_labels=RANDOM_NUM_LABELS, **shape)
+        )
+    else:
+        from sttabt.models import load_text_classifier
+
+        model, tokenizer = load_text_classifier(config.model)
+    cls_id = getattr(tokenizer, "cls_token_id", None)
+    if cls_id is None:
+        cls_id = BERT_CLS_ID if model.config.vocab_size > 1000 else 1
+    return model.eval(), int(cls_id)
+
+
+def max_sequence_length(model_config: Any) -> int:
+    """The longest input the model's position embeddings allow (RoBERTa offsets positions by pad+1)."""
+    limit = int(getattr(model_config, "max_position_embeddings", 10**9))
+    if getattr(model_config, "model_type", None) in _ROBERTA_LIKE:
+        limit -= int(getattr(model_config, "pad_token_id", 1) or 0) + 1
+    return limit
+
+
+def make_inputs(
+    config: BenchConfig, vocab_size: int, cls_id: int, pad_id: int, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """Random ids, CLS first, right padding; real lengths ``seq_len`` unless ``length_jitter`` > 0."""
+    batch, seq_len = config.batch_size, config.seq_len
+    if config.length_jitter > 0:
+        shortest = max(2, math.ceil((1.0 - config.length_jitter) * seq_len))
+        lengths = torch.randint(shortest, seq_len + 1, (batch,), generator=generator)
+    else:
+        lengths = torch.full((batch,), seq_len, dtype=torch.long)
+    width = int(lengths.max())
+    # Avoid the low ids where BERT/RoBERTa vocabularies keep special tokens.
+    low = min(1000, vocab_size // 2)
+    ids = torch.randint(low, vocab_size, (batch, width), generator=generator)
+    if low <= pad_id < vocab_size:  # RoBERTa derives positions from ids != pad: real tokens must not be pad
+        ids = torch.where(ids == pad_id, torch.full_like(ids, low if pad_id != low else low + 1), ids)
+    ids[:, 0] = cls_id
+    mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
+    ids = torch.where(mask, ids, torch.full_like(ids, pad_id))
+    return {"input_ids": ids, "attention_mask": mask.long()}
+
+
+# -- measurement --------------------------------------------------------------------------------------------
+def _synchronizer(device: torch.device) -> Callable[[], None]:
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def _stats(samples: list[float]) -> dict[str, Any]:
+    values = np.asarray(samples, dtype=np.float64)
+    return {
+        "median_ms": float(np.median(values)),
+        "p10_ms": float(np.percentile(values, 10)),
+        "p90_ms": float(np.percentile(values, 90)),
+        "mean_ms": float(values.mean()),
+        "min_ms": float(values.min()),
+        "samples_ms": [round(float(v), 4) for v in values],
+    }
+
+
+def measure(
+    calls: dict[str, Callable[[], Any]], warmup: int, repeats: int, sync: Callable[[], None]
+) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Time each call ``warmup + repeats`` times, round-robin, rotating the order; returns ms and outputs."""
+    names = list(calls)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    outputs: dict[str, Any] = {}
+    gc.collect()
+    for round_ in range(warmup + repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            sync()
+            start = time.perf_counter()
+            out = calls[name]()
+            sync()
+            elapsed = (time.perf_counter() - start) * 1e3
+            if round_ >= warmup:
+                samples[name].append(elapsed)
+            outputs[name] = out
+    return samples, outputs
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_info(device: torch.device) -> dict[str, Any]:
+    if device.type == "cuda":
+        return {"type": "cuda", "name": torch.cuda.get_device_name(device), "index": device.index}
+    return {"type": "cpu", "name": _cpu_name(), "cpu_count": os.cpu_count()}
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata
+
+    import transformers
+
+    try:
+        sttabt_version = importlib.metadata.version("sttabt")
+    except importlib.metadata.PackageNotFoundError:
+        sttabt_version = "unknown"
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "sttabt": sttabt_version,
+    }
+
+
+def run_benchmark(config: BenchConfig) -> dict[str, Any]:
+    """Time HF dense, runtime dense and the method on the same inputs; write JSON when ``output`` is set."""
+    config.validate()
+    device = resolve_device(config.device)
+    autocast(device, config.dtype)  # refuses fp16 on CPU before the model is built
+    previous_threads = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        result = _run(config, device)
+    finally:
+        torch.set_num_threads(previous_threads)
+    if config.output:
+        atomic_write_json(config.output, result)
+        log.info("wrote %s", config.output)
+    return result
+
+
+def _run(config: BenchConfig, device: torch.device) -> dict[str, Any]:
+    set_seed(config.seed)
+    model, cls_id = build_model(config)
+    adapter = HFTextClassifierAdapter(model)
+    model_cfg = model.config
+    limit = max_sequence_length(model_cfg)
+    if config.seq_len > limit:
+        raise SttabtError(f"--seq-len {config.seq_len} exceeds the model's maximum of {limit} positions")
+    model.to(device)
+    selector = build_selector(config.method, adapter, config.method_options())
+    dense_selector = build_selector("dense", adapter)
+    encoder = SparseEncoder(adapter)
+
+    generator = torch.Generator().manual_seed(config.seed)
+    pad_id = int(getattr(model_cfg, "pad_token_id", 0) or 0)
+    batch = make_inputs(config, int(model_cfg.vocab_size), cls_id, pad_id, generator)
+    batch = {key: value.to(device) for key, value in batch.items()}
+    real_lengths = batch["attention_mask"].sum(dim=1)
+
+    calls: dict[str, Callable[[], Any]] = {
+        "hf_dense": lambda: model(**batch).logits,
+        "runtime_dense": lambda: encoder(batch, dense_selector),
+        "method": lambda: encoder(batch, selector),
+    }
+    load_start = _load_average()
+    log.info(
+        "timing %s / %s on %s (%s), batch %d x %d, %d warm-up + %d rounds",
+        config.model, config.method, device, config.dtype, config.batch_size, config.seq_len,
+        config.warmup, config.repeats,
+    )  # fmt: skip
+    with torch.inference_mode(), autocast(device, config.dtype):
+        samples, outputs = measure(calls, config.warmup, config.repeats, _synchronizer(device))
+    load_end = _load_average()
+
+    timings = {name: _stats(samples[name]) for name in VARIANTS}
+    hf_ms = timings["hf_dense"]["median_ms"]
+    runtime_ms = timings["runtime_dense"]["median_ms"]
+    method_ms = timings["method"]["median_ms"]
+    method_out, dense_out = outputs["method"], outputs["runtime_dense"]
+    dense_flops = float(dense_cost(adapter.shape, real_lengths.cpu()).flops.mean())
+    method_flops = float(method_out.cost.flops.mean())
+    relative = method_flops / dense_flops
+    speedup = hf_ms / method_ms
+    ideal = 1.0 / relative
+    hf_logits = outputs["hf_dense"].float()
+
+    return {
+        "model": config.model,
+        "model_shape": {
+            "num_layers": adapter.shape.num_layers,
+            "hidden_size": adapter.shape.hidden_size,
+            "intermediate_size": adapter.shape.intermediate_size,
+            "num_heads": adapter.shape.num_heads,
+            "model_type": getattr(model_cfg, "model_type", None),
+            "attn_implementation": getattr(model_cfg, "_attn_implementation", None),
+        },
+        "method": config.method,
+        "options": {"keep": config.keep, "schedule": config.schedule, "approx": config.approx, "p": config.p},
+        "batch_size": config.batch_size,
+        "seq_len": config.seq_len,
+        "inputs": {
+            "token_ids": "uniform random, CLS first, right padding",
+            "length_jitter": config.length_jitter,
+            "padded_length": int(batch["input_ids"].shape[1]),
+            "real_length_min": int(real_lengths.min()),
+            "real_length_mean": float(real_lengths.float().mean()),
+            "real_length_max": int(real_lengths.max()),
+        },
+        "device": str(device),
+        "device_info": device_info(device),
+        "dtype": config.dtype,
+        "threads": torch.get_num_threads(),
+        "versions": _versions(),
+        "warmup": config.warmup,
+        "repeats": config.repeats,
+        "seed": config.seed,
+        "protocol": (
+            "same process and inputs; round-robin over variants with the order rotated each round; "
+            "time.perf_counter around each call"
+            + (" with torch.cuda.synchronize before and after" if device.type == "cuda" else "")
+            + "; torch.inference_mode and autocast"
+        ),
+        "load_average": {"start": load_start, "end": load_end},
+        "timings": timings,
+        "speedup": speedup,
+        "speedup_vs_runtime_dense": runtime_ms / method_ms,
+        "runtime_overhead": runtime_ms / hf_ms,
+        "flops": {
+            "dense_per_example": dense_flops,
+            "per_example": method_flops,
+            "relative": relative,
+            "runtime_dense_per_example": float(dense_out.cost.flops.mean()),
+        },
+        "ideal_speedup": ideal,
+        "efficiency": speedup / ideal,
+        "retention": float(method_out.retention().mean()),
+        "logit_check": {
+            "runtime_dense_vs_hf_max_abs_diff": float((dense_out.logits.float() - hf_logits).abs().max()),
+            "method_vs_hf_max_abs_diff": float((method_out.logits.float() - hf_logits).abs().max()),
+        },
+        "command": config.command_line(),
+    }
+
+
+def format_summary(result: dict[str, Any]) -> str:
+    """A few human-readable lines about one benchmark result."""
+    t = result["timings"]
+    options = result["options"]
+    keep = "" if options.get("keep") is None else f" keep={options['keep']}"
+    device = f"{result['device']} ({result['device_info']['name']}) {result['dtype']}"
+    shape = f"batch {result['batch_size']} x seq {result['seq_len']}"
+    lines = [
+        f"{result['model']} / {result['method']}{keep} | {device} threads={result['threads']} "
+        f"| {shape} | {result['warmup']} warm-up + {result['repeats']} rounds",
+    ]
+    for name, label in (("hf_dense", "HF dense"), ("runtime_dense", "runtime dense"), ("method", "method")):
+        s = t[name]
+        lines.append(
+            f"  {label:<14}{s['median_ms']:10.2f} ms  (p10 {s['p10_ms']:.2f}, p90 {s['p90_ms']:.2f})"
+        )
+    flops = result["flops"]
+    lines.append(
+        f"  runtime overhead x{result['runtime_overhead']:.3f} | relative FLOPs {flops['relative']:.3f} "
+        f"| speed-up {result['speedup']:.2f}x of ideal {result['ideal_speedup']:.2f}x "
+        f"-> efficiency {result['efficiency']:.2f}"
+    )
+    return "\n".join(lines)
