@@ -240,6 +240,8 @@ def test_other_families_trace_and_round_trip(helpers, family, tmp_path):
     assert approx.model.config.hidden_size == 4 and approx.model.config.num_attention_heads == 2
     if family == "electra":
         assert approx.model.config.embedding_size == 8
+        assert approx.cost_shape().embedding_macs_per_token == 8 * 4  # its own embedding projection
+    assert approx.cost_shape().head_macs == 0
     with torch.no_grad():
         ours = approx(batch)
         ref = approx.model(**batch, output_attentions=True, output_hidden_states=True)

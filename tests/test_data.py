@@ -54,18 +54,33 @@ def test_cola_train_dev_without_header_and_test_with_header(tmp_path):
         tsv("gj04", "1", "", "Our friends won't buy this analysis."),
         tsv("gj04", "0", "*", "They drank the pub."),
     ])  # fmt: skip
-    write(tmp_path / "CoLA" / "dev.tsv", [tsv("gj04", "0", "*", "The more we study verbs, the crazier they get get.")])
-    write(tmp_path / "CoLA" / "test.tsv", [tsv("index", "sentence"), tsv("0", "Bill whistled past the house.")])
+    write(
+        tmp_path / "CoLA" / "dev.tsv",
+        [tsv("gj04", "0", "*", "The more we study verbs, the crazier they get get.")],
+    )
+    write(
+        tmp_path / "CoLA" / "test.tsv", [tsv("index", "sentence"), tsv("0", "Bill whistled past the house.")]
+    )
     train = load_examples("cola", "train", tmp_path)
-    assert train == [Example("Our friends won't buy this analysis.", None, 1), Example("They drank the pub.", None, 0)]
+    assert train == [
+        Example("Our friends won't buy this analysis.", None, 1),
+        Example("They drank the pub.", None, 0),
+    ]
     assert load_examples("CoLA", "dev", tmp_path)[0].label == 0
     assert load_examples("cola", "test", tmp_path) == [Example("Bill whistled past the house.", None, -1)]
 
 
 def test_sst2_header_and_limit(tmp_path):
-    write(tmp_path / "SST-2" / "train.tsv", [tsv("sentence", "label"), "a charming film \t1", "dull \t0", "fine\t1"])
+    write(
+        tmp_path / "SST-2" / "train.tsv",
+        [tsv("sentence", "label"), "a charming film \t1", "dull \t0", "fine\t1"],
+    )
     examples = load_examples("sst2", "train", tmp_path)
-    assert examples == [Example("a charming film", None, 1), Example("dull", None, 0), Example("fine", None, 1)]
+    assert examples == [
+        Example("a charming film", None, 1),
+        Example("dull", None, 0),
+        Example("fine", None, 1),
+    ]
     assert load_examples("sst-2", "train", tmp_path, limit=2) == examples[:2]
 
 
@@ -89,8 +104,8 @@ def test_qqp_stsb_qnli_rte_wnli_columns(tmp_path):
     write(tmp_path / "STS-B" / "dev.tsv", [
         tsv("index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2",
             "score"),
-        tsv("0", "main-captions", "MSRvid", "2012test", "0000", "none", "none", "A man plays.", "A man is playing.",
-            "4.750"),
+        tsv("0", "main-captions", "MSRvid", "2012test", "0000", "none", "none", "A man plays.",
+            "A man is playing.", "4.750"),
     ])  # fmt: skip
     write(tmp_path / "QNLI" / "dev.tsv", [
         tsv("index", "question", "sentence", "label"),
@@ -100,7 +115,10 @@ def test_qqp_stsb_qnli_rte_wnli_columns(tmp_path):
     write(tmp_path / "RTE" / "train.tsv", [
         tsv("index", "sentence1", "sentence2", "label"), tsv("0", "A b c.", "A b.", "not_entailment"),
     ])  # fmt: skip
-    write(tmp_path / "WNLI" / "train.tsv", [tsv("index", "sentence1", "sentence2", "label"), tsv("0", "X.", "Y.", "1")])
+    write(
+        tmp_path / "WNLI" / "train.tsv",
+        [tsv("index", "sentence1", "sentence2", "label"), tsv("0", "X.", "Y.", "1")],
+    )
     assert load_examples("qqp", "dev", tmp_path) == [
         Example("How do I cook rice?", "What is the way to cook rice?", 1)
     ]
@@ -117,14 +135,23 @@ def test_mnli_dev_reads_dev_matched(tmp_path):
                  "label4", "label5", "gold_label")  # fmt: skip
 
     def row(s1: str, s2: str, gold: str) -> str:
-        return tsv("0", "1", "1e", "fiction", "(x)", "(y)", "(X)", "(Y)", s1, s2, gold, gold, gold, gold, gold, gold)
+        return tsv(
+            "0", "1", "1e", "fiction", "(x)", "(y)", "(X)", "(Y)", s1, s2, gold, gold, gold, gold, gold, gold
+        )
 
     write(tmp_path / "MNLI" / "dev_matched.tsv", [
-        header, row("P1.", "H1.", "neutral"), row("P2.", "H2.", "contradiction"), row("P3.", "H3.", "entailment"),
+        header,
+        row("P1.", "H1.", "neutral"),
+        row("P2.", "H2.", "contradiction"),
+        row("P3.", "H3.", "entailment"),
     ])  # fmt: skip
     write(tmp_path / "MNLI" / "dev_mismatched.tsv", [header, row("Q.", "R.", "entailment")])
     dev = load_examples("mnli", "dev", tmp_path)
-    assert [(e.text_a, e.text_b, e.label) for e in dev] == [("P1.", "H1.", 1), ("P2.", "H2.", 2), ("P3.", "H3.", 0)]
+    assert [(e.text_a, e.text_b, e.label) for e in dev] == [
+        ("P1.", "H1.", 1),
+        ("P2.", "H2.", 2),
+        ("P3.", "H3.", 0),
+    ]
     assert load_examples("mnli", "dev_mismatched", tmp_path) == [Example("Q.", "R.", 0)]
     assert not (tmp_path / "MNLI" / "dev.tsv").exists()
 
@@ -161,10 +188,16 @@ def test_bad_labels_and_short_rows_name_the_line(tmp_path):
     write(tmp_path / "SST-2" / "dev.tsv", [tsv("sentence", "label"), tsv("fine", "2")])
     with pytest.raises(SttabtError, match=r"dev\.tsv:2: label 2 out of range"):
         load_examples("sst2", "dev", tmp_path)
-    write(tmp_path / "RTE" / "dev.tsv", [tsv("index", "sentence1", "sentence2", "label"), tsv("0", "a", "b", "maybe")])
+    write(
+        tmp_path / "RTE" / "dev.tsv",
+        [tsv("index", "sentence1", "sentence2", "label"), tsv("0", "a", "b", "maybe")],
+    )
     with pytest.raises(SttabtError, match=r"dev\.tsv:2: bad label 'maybe'"):
         load_examples("rte", "dev", tmp_path)
-    write(tmp_path / "QNLI" / "dev.tsv", [tsv("index", "question", "sentence", "label"), tsv("0", "only a question")])
+    write(
+        tmp_path / "QNLI" / "dev.tsv",
+        [tsv("index", "question", "sentence", "label"), tsv("0", "only a question")],
+    )
     with pytest.raises(SttabtError, match=r"dev\.tsv:2: expected at least 4"):
         load_examples("qnli", "dev", tmp_path)
 
@@ -276,8 +309,15 @@ class WordTokenizer:
 
 
 def test_encode_truncates_and_keeps_labels():
-    feats = encode(WordTokenizer(), [Example("a bb ccc dddd eeeee", None, 1), Example("x", None, 0)], max_length=4)
-    assert feats[0] == {"input_ids": [1, 11, 12, 2], "attention_mask": [1] * 4, "token_type_ids": [0] * 4, "label": 1}
+    feats = encode(
+        WordTokenizer(), [Example("a bb ccc dddd eeeee", None, 1), Example("x", None, 0)], max_length=4
+    )
+    assert feats[0] == {
+        "input_ids": [1, 11, 12, 2],
+        "attention_mask": [1] * 4,
+        "token_type_ids": [0] * 4,
+        "label": 1,
+    }
     assert feats[1]["input_ids"] == [1, 11, 2] and feats[1]["label"] == 0
     pair = encode(WordTokenizer(), [Example("a b", "cc", 0.5)], max_length=16)
     assert pair[0]["token_type_ids"] == [0, 0, 0, 0, 1, 1] and pair[0]["label"] == 0.5
@@ -289,11 +329,11 @@ def test_encode_with_a_real_bert_tokenizer(tmp_path):
     from transformers import BertTokenizer
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "film"]
-    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = BertTokenizer(vocab_file=str(tmp_path / "vocab.txt"))
+    tok = BertTokenizer(vocab={word: i for i, word in enumerate(vocab)})
     feats = encode(tok, [Example("good film", "bad film", 1)], max_length=5)
-    assert feats[0]["input_ids"][0] == 2 and feats[0]["input_ids"][-1] == 3 and len(feats[0]["input_ids"]) == 5
-    assert "token_type_ids" in feats[0] and feats[0]["token_type_ids"][-1] == 1
+    # longest-first truncation of 2 + 2 words into 5 - 3 special tokens: one word of each side
+    assert feats[0]["input_ids"] == [2, 5, 3, 6, 3]
+    assert feats[0]["token_type_ids"] == [0, 0, 0, 1, 1] and feats[0]["label"] == 1
 
 
 def test_collate_pads_right_to_the_batch_max():

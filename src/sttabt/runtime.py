@@ -66,7 +66,9 @@ class TokenSelector:
     def after_attention(self, view: LayerView, probs: torch.Tensor) -> torch.Tensor | None:
         """Online decision after attention: the tokens that continue (``None`` = all query rows).
 
-        ``probs`` is ``(B, H, n_q, n_k)`` in the compact layouts ``view.queries`` / ``view.keys``.
+        ``probs`` is ``(B, H, n_q, n_k)`` in the compact layouts ``view.queries`` / ``view.keys``. Also
+        called for the last layer (whose only query is CLS) when :meth:`wants_attention` says so; a
+        selection returned there is ignored.
         """
         return None
 
@@ -193,15 +195,16 @@ class SparseEncoder:
             q, k, v = adapter.qkv(layer, hidden, query_hidden)
             scale, drop = adapter.attention_scale(layer), dropout(layer)
             out_mask, outputs = query_mask, queries
-            if not (collect_attentions or (not last and selector.wants_attention(layer))):
+            wants = selector.wants_attention(layer)
+            if not (collect_attentions or wants):
                 ctx = fused_attention(q, k, v, keys.valid, scale, drop)
             else:
                 probs = attention_probs(q, k, keys.valid, scale)
                 view = LayerView(layer, valid, key_mask, query_mask, keys, queries)
                 if collect_attentions:
                     attentions.append(_scatter_attention(probs, view, length))
-                chosen = None if last else selector.after_attention(view, probs)
-                if chosen is not None:  # online pruning: A·V and everything after only for the kept rows
+                chosen = selector.after_attention(view, probs) if wants else None
+                if chosen is not None and not last:  # online pruning: A·V onwards only for the kept rows
                     out_mask = _restrict(chosen, query_mask, readout, "after_attention")
                     outputs = compact(out_mask)
                     rel_o = relative_index(query_mask, outputs)

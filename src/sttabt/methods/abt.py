@@ -17,11 +17,62 @@ import torch
 from sttabt.adapters.base import EncoderAdapter
 from sttabt.core.backtrack import backtrack, backtrack_overhead_flops, per_layer_keep
 from sttabt.core.flops import dense_cost
+from sttabt.core.tokens import CompactIndex
 from sttabt.errors import SttabtError
 from sttabt.methods.registry import MethodOptions, register_method
-from sttabt.runtime import SparseEncoder, TokenSelector
+from sttabt.runtime import LayerView, SparseEncoder, TokenSelector
 
 AttentionSource = Callable[[Mapping[str, torch.Tensor]], list[torch.Tensor]]
+
+
+class HeadReducedAttention(TokenSelector):
+    """Records every layer's attention reduced over heads, without pruning anything.
+
+    Run on the runtime, this is the lean "full-length forward" that ABT needs: only the head-reduced map
+    of each layer is kept ((B, T, T), not (B, H, T, T)), and the last layer computes the CLS row only,
+    which is the only row back-tracking reads there.
+    """
+
+    name = "attention-recorder"
+
+    def __init__(self, head_reduction: str = "mean"):
+        self.head_reduction = head_reduction
+        self.maps: list[torch.Tensor] = []
+
+    def prepare(self, batch: Mapping[str, torch.Tensor], valid: torch.Tensor) -> None:
+        self.maps = []
+        self.length = valid.shape[1]
+
+    def wants_attention(self, layer: int) -> bool:
+        return True
+
+    def after_attention(self, view: LayerView, probs: torch.Tensor) -> None:
+        reduced = probs.mean(dim=1) if self.head_reduction == "mean" else probs.amax(dim=1)
+        self.maps.append(_scatter_map(reduced, view.queries, view.keys, self.length))
+        return None
+
+
+def _scatter_map(reduced: torch.Tensor, rows: CompactIndex, cols: CompactIndex, length: int) -> torch.Tensor:
+    """Place a compact ``(B, n_q, n_k)`` map at original positions in a ``(B, T, T)`` map of zeros."""
+    reduced = reduced * rows.valid[:, :, None] * cols.valid[:, None, :]
+    if rows.positions.shape[1] == reduced.shape[1] and bool(
+        (rows.positions == torch.arange(rows.positions.shape[1], device=reduced.device)).all()
+        and (cols.positions == torch.arange(cols.positions.shape[1], device=reduced.device)).all()
+    ):  # prefix layouts (right padding, nothing pruned): a padded copy, no scatter
+        return torch.nn.functional.pad(reduced, (0, length - reduced.shape[2], 0, length - reduced.shape[1]))
+    by_col = reduced.new_zeros(reduced.shape[0], reduced.shape[1], length)
+    by_col = by_col.scatter_add(2, cols.positions[:, None, :].expand(-1, reduced.shape[1], -1), reduced)
+    full = reduced.new_zeros(reduced.shape[0], length, length)
+    return full.scatter_add(1, rows.positions[:, :, None].expand(-1, -1, length), by_col)
+
+
+def head_reduced_attention(
+    runner: SparseEncoder, batch: Mapping[str, torch.Tensor], head_reduction: str
+) -> list[torch.Tensor]:
+    """Per-layer ``(B, 1, T, T)`` attention of ``runner``'s model, reduced over heads (see above)."""
+    recorder = HeadReducedAttention(head_reduction)
+    runner(batch, recorder)
+    return [m.unsqueeze(1) for m in recorder.maps]
 
 
 class BacktrackSelector(TokenSelector):
@@ -115,13 +166,17 @@ def build_abt(adapter: EncoderAdapter, options: MethodOptions) -> TokenSelector:
             f"ApproxNet has {approx.cost_shape().num_layers} layers but the model has {adapter.num_layers}"
         )
     approx_shape = approx.cost_shape()
+    approx_runner = SparseEncoder(approx.adapter)
 
     def source_cost(real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cost = dense_cost(approx_shape, real.cpu())
         return cost.macs, cost.flops - 2 * cost.macs  # MACs, and the element-wise rest of its FLOPs
 
+    def approx_attention(batch: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        return head_reduced_attention(approx_runner, batch, options.head_reduction)
+
     return BacktrackSelector(
-        approx.attention_probs,
+        approx_attention,
         _keep_or_error(options),
         adapter.num_layers,
         adapter.num_heads,
@@ -141,7 +196,7 @@ def build_abt_oracle(adapter: EncoderAdapter, options: MethodOptions) -> TokenSe
     runner = SparseEncoder(adapter)
 
     def dense_attention(batch: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
-        return runner(batch, collect_attentions=True).attentions
+        return head_reduced_attention(runner, batch, options.head_reduction)
 
     selector = BacktrackSelector(
         dense_attention,

@@ -45,7 +45,7 @@ class TopKSelector(TokenSelector):
         self._scoring_flops = torch.zeros(valid.shape[0], dtype=torch.float64, device=valid.device)
 
     def wants_attention(self, layer: int) -> bool:
-        return True
+        return layer < len(self.ratios) - 1  # the last layer computes CLS only anyway
 
     def after_attention(self, view: LayerView, probs: torch.Tensor) -> torch.Tensor:
         rows = view.queries.valid.float()  # (B, n_q)
