@@ -145,8 +145,10 @@ def test_regression_task_in_bf16_without_heldout(tiny_model, glue_dir, tmp_path)
     assert record["environment"]["mixed_precision"] == "bf16"
     assert record["best_epoch"] == 2 and record["best_heldout"] is None  # no held-out slice: last epoch
     assert set(record["dev"]["metrics"]) == {"pearson", "spearman"}
-    saved = json.loads((out / "config.json").read_text())
-    assert saved["num_labels"] == 1 and saved["problem_type"] == "regression"
+    from transformers import AutoConfig
+
+    saved = AutoConfig.from_pretrained(out)
+    assert saved.num_labels == 1 and saved.problem_type == "regression"
     weights = load_file(out / "model.safetensors")
     assert all(t.dtype == torch.float32 for t in weights.values())  # mixed precision keeps fp32 weights
 

@@ -36,7 +36,7 @@ import torch
 from sttabt.adapters.hf_text import HFTextClassifierAdapter
 from sttabt.core.flops import dense_cost
 from sttabt.errors import SttabtError
-from sttabt.methods.registry import METHODS, MethodOptions, build_selector
+from sttabt.methods.registry import MethodOptions, build_selector, validate_method
 from sttabt.runtime import SparseEncoder
 from sttabt.utils import DTYPES, atomic_write_json, autocast, resolve_device, set_seed
 
@@ -99,15 +99,7 @@ class BenchConfig:
 
     def validate(self) -> None:
         """Cheap checks before any model is loaded, so a typo fails in milliseconds with a clear message."""
-        if self.method not in METHODS:
-            raise SttabtError(f"unknown method {self.method!r}; choose one of {', '.join(sorted(METHODS))}")
-        keep = self.keep
-        if keep is not None and not isinstance(keep, str):
-            for ratio in keep if isinstance(keep, list) else [keep]:
-                if not 0.0 < float(ratio) <= 1.0:
-                    raise SttabtError(f"keep ratio must be in (0, 1], got {ratio}")
-        if isinstance(keep, str) and keep != "dynamic":
-            raise SttabtError(f"--keep must be a ratio in (0, 1] or 'dynamic', got {keep!r}")
+        validate_method(self.method, self.method_options())
         if self.batch_size < 1:
             raise SttabtError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.seq_len < 2:

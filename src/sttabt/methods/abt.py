@@ -145,10 +145,21 @@ class BacktrackSelector(TokenSelector):
         return self._overhead
 
 
-def _keep_or_error(options: MethodOptions) -> Any:
+def _backtrack_selector(
+    adapter: EncoderAdapter, options: MethodOptions, source: AttentionSource, source_cost=None
+) -> BacktrackSelector:
     if options.keep is None:
         raise SttabtError("ABT needs --keep (a ratio in (0, 1], a per-layer list, or 'dynamic')")
-    return options.keep
+    return BacktrackSelector(
+        source,
+        options.keep,
+        adapter.num_layers,
+        adapter.num_heads,
+        p=options.p,
+        head_reduction=options.head_reduction,
+        token_reduction=options.token_reduction,
+        source_cost=source_cost,
+    )
 
 
 @register_method(
@@ -175,16 +186,7 @@ def build_abt(adapter: EncoderAdapter, options: MethodOptions) -> TokenSelector:
     def approx_attention(batch: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
         return head_reduced_attention(approx_runner, batch, options.head_reduction)
 
-    return BacktrackSelector(
-        approx_attention,
-        _keep_or_error(options),
-        adapter.num_layers,
-        adapter.num_heads,
-        p=options.p,
-        head_reduction=options.head_reduction,
-        token_reduction=options.token_reduction,
-        source_cost=source_cost,
-    )
+    return _backtrack_selector(adapter, options, approx_attention, source_cost)
 
 
 @register_method(
@@ -198,14 +200,6 @@ def build_abt_oracle(adapter: EncoderAdapter, options: MethodOptions) -> TokenSe
     def dense_attention(batch: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
         return head_reduced_attention(runner, batch, options.head_reduction)
 
-    selector = BacktrackSelector(
-        dense_attention,
-        _keep_or_error(options),
-        adapter.num_layers,
-        adapter.num_heads,
-        p=options.p,
-        head_reduction=options.head_reduction,
-        token_reduction=options.token_reduction,
-    )
+    selector = _backtrack_selector(adapter, options, dense_attention)
     selector.name = "abt-oracle"
     return selector

@@ -6,7 +6,9 @@ is scored once on the task's dev split at the end.
 
 Runs under Hugging Face Accelerate, so the same code works on one CPU, one GPU or several processes
 (``accelerate launch -m sttabt.cli finetune ...``): every process takes every P-th batch of the same
-seeded batch order, evaluation is sharded and gathered, and only the main process writes files.
+seeded batch order (the last ``n_batches % P`` batches of an epoch are skipped so that all processes
+step together; ``--batch-size`` is per process), evaluation is sharded and gathered, and only the main
+process writes files.
 On CPU with a fixed seed and thread count, two runs give bit-identical weights.
 """
 
