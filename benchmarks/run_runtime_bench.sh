@@ -64,9 +64,10 @@ for model in minilm bert-base; do
       done
     done
   done
-  # One reduced-precision row per model (on CPUs without native bf16 this is slower than fp32).
-  bench "$model" 32 128 0.5 bf16 1 3
 done
+# One reduced-precision row (on CPUs without native bf16, such as this AVX2-only one, bf16 autocast is
+# several times slower than fp32, so larger bf16 shapes are left out of the default run).
+bench minilm 1 128 0.5 bf16 2 10
 
 "$PY" benchmarks/aggregate_runtime.py "$OUT"
 echo "total $(( $(date +%s) - start )) s"

@@ -14,14 +14,15 @@ Invariants enforced here, whatever the selector returns:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
 
 from sttabt.adapters.base import EncoderAdapter
-from sttabt.core.flops import CostReport, encoder_cost
+from sttabt.core.flops import CostReport, EncoderShape, encoder_cost
 from sttabt.core.tokens import CompactIndex, compact, gather_tokens, relative_index
 from sttabt.errors import SttabtError
 
@@ -76,17 +77,41 @@ class TokenSelector:
         """Per-sample ``(macs, elementwise_flops)`` this method spent on the last batch, if any."""
         return None
 
+    def count_overhead(self, counts: torch.Tensor) -> torch.Tensor | None:
+        """Per-sample element-wise FLOPs that follow from the run's counts ``(B, L, 3)`` alone (e.g. scoring).
+
+        Evaluated lazily, after the forward, so bookkeeping stays out of timed runs.
+        """
+        return None
+
 
 @dataclass
 class SparseOutput:
-    """Result of one sparse run."""
+    """Result of one sparse run. Counts and cost are derived on first access, outside the forward."""
 
     logits: torch.Tensor
     key_sets: list[torch.Tensor]  # S_0..S_L as (B, T) masks; S_L = the readout tokens
-    counts: torch.Tensor  # (B, L, 3): keys, attention queries and outputs per layer
+    layer_sizes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # per layer: valid masks of K, Q, O
     real_lengths: torch.Tensor  # (B,)
-    cost: CostReport
+    shape: EncoderShape
+    overhead: tuple[torch.Tensor, torch.Tensor] | None = None
+    count_overhead: Callable[[torch.Tensor], torch.Tensor] | None = None
     attentions: list[torch.Tensor] = field(default_factory=list)  # when requested (dense layouts)
+
+    @cached_property
+    def counts(self) -> torch.Tensor:
+        """``(B, L, 3)``: keys, attention queries and outputs per layer."""
+        per_layer = [torch.stack([m.sum(dim=1) for m in sizes], dim=-1) for sizes in self.layer_sizes]
+        return torch.stack(per_layer, dim=1)
+
+    @cached_property
+    def cost(self) -> CostReport:
+        """Per-example MACs/FLOPs of this run, including the method's declared overhead."""
+        macs, flops = (None, None) if self.overhead is None else self.overhead
+        extra = None if self.count_overhead is None else self.count_overhead(self.counts)
+        if extra is not None:
+            flops = extra if flops is None else flops + extra
+        return encoder_cost(self.shape, self.counts, self.real_lengths, macs, flops)
 
     def kept_positions(self, sample: int) -> list[list[int]]:
         """Original positions kept by one sample at every layer (its key sets S_0..S_L)."""
@@ -163,7 +188,7 @@ class SparseEncoder:
         valid = batch["attention_mask"].bool()
         if valid.dim() != 2 or not bool(valid[:, 0].all()):
             raise SttabtError("every sample must have a real first token (CLS) and right padding")
-        batch_size, length = valid.shape
+        length = valid.shape[1]
         readout = torch.zeros_like(valid)
         readout[:, 0] = True
         real_lengths = valid.sum(dim=1)
@@ -175,7 +200,7 @@ class SparseEncoder:
         hidden = _take_prefix_or_gather(hidden, keys)
 
         key_sets = [key_mask]
-        counts = torch.zeros(batch_size, adapter.num_layers, 3, dtype=torch.long, device=valid.device)
+        layer_sizes = []
         attentions: list[torch.Tensor] = []
         dropout = adapter.attention_dropout if adapter.training else (lambda _layer: 0.0)
         for layer in range(adapter.num_layers):
@@ -214,22 +239,21 @@ class SparseEncoder:
                     probs = F.dropout(probs, p=drop)
                 ctx = torch.matmul(probs.to(v.dtype), v)
             hidden = adapter.finish(layer, _merge_heads(ctx), query_hidden)
-            counts[:, layer, 0] = keys.counts
-            counts[:, layer, 1] = queries.counts
-            counts[:, layer, 2] = outputs.counts
+            layer_sizes.append((keys.valid, queries.valid, outputs.valid))
             key_mask, keys = out_mask, outputs
             key_sets.append(key_mask)
 
         logits = adapter.head(hidden[:, :1])
-        overhead = selector.overhead()
-        cost = encoder_cost(
-            adapter.shape,
-            counts,
+        return SparseOutput(
+            logits,
+            key_sets,
+            layer_sizes,
             real_lengths,
-            overhead_macs=None if overhead is None else overhead[0],
-            overhead_flops=None if overhead is None else overhead[1],
+            adapter.shape,
+            selector.overhead(),
+            selector.count_overhead,
+            attentions,
         )
-        return SparseOutput(logits, key_sets, counts, real_lengths, cost, attentions)
 
 
 def _scatter_attention(probs: torch.Tensor, view: LayerView, length: int) -> torch.Tensor:

@@ -37,12 +37,13 @@ def reference_schedule(target: float, num_layers: int) -> list[float]:
 class TopKSelector(TokenSelector):
     name = "topk"
 
-    def __init__(self, ratios: list[float]):
+    def __init__(self, ratios: list[float], num_heads: int):
         self.ratios = ratios
+        self.num_heads = num_heads
 
     def prepare(self, batch, valid: torch.Tensor) -> None:
-        self.real_lengths = valid.sum(dim=1)
-        self._scoring_flops = torch.zeros(valid.shape[0], dtype=torch.float64, device=valid.device)
+        real_lengths = valid.sum(dim=1)
+        self._counts = [keep_counts(ratio, real_lengths) for ratio in self.ratios]
 
     def wants_attention(self, layer: int) -> bool:
         return layer < len(self.ratios) - 1  # the last layer computes CLS only anyway
@@ -53,15 +54,13 @@ class TopKSelector(TokenSelector):
         length = view.valid.shape[1]
         scores = scatter_scores(per_key, view.keys, length, fill=float("-inf"))
         scores[:, 0] = float("inf")  # CLS is always kept and counts towards the budget
-        counts = keep_counts(self.ratios[view.layer], self.real_lengths)
-        # Scoring cost: head mean and row mean over (n_q, n_k), plus ranking the keys.
-        n_q, n_k = view.queries.counts.double(), view.keys.counts.double()
-        heads = probs.shape[1]
-        self._scoring_flops += heads * n_q * n_k + n_q * n_k + n_k * torch.log2(n_k.clamp(min=2)).ceil()
-        return topk_mask(scores, view.query_mask, counts)
+        return topk_mask(scores, view.query_mask, self._counts[view.layer])
 
-    def overhead(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.zeros_like(self._scoring_flops), self._scoring_flops
+    def count_overhead(self, counts: torch.Tensor) -> torch.Tensor:
+        """Scoring per sample in every layer but the last: head and row means over n_q x n_k, ranking."""
+        n_k, n_q = counts[:, :-1, 0].double(), counts[:, :-1, 1].double()
+        per_layer = self.num_heads * n_q * n_k + n_q * n_k + n_k * torch.log2(n_k.clamp(min=2)).ceil()
+        return per_layer.sum(dim=1)
 
 
 @register_method("topk", "forward top-k by the layer's own attention (no back-tracking)", needs_keep=True)
@@ -80,4 +79,4 @@ def build_topk(adapter, options: MethodOptions) -> TokenSelector:
         ratios = [float(keep)] * layers
     else:
         raise SttabtError(f"unknown top-k schedule {options.schedule!r}; choose constant or reference")
-    return TopKSelector(ratios)
+    return TopKSelector(ratios, adapter.num_heads)
