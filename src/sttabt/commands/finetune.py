@@ -40,8 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="mixed precision for the forward/backward pass; weights stay fp32. bf16 on a CPU without "
-                        "native bf16 (AVX2 only) is many times slower than fp32")
+                   help="mixed precision for the forward/backward pass; weights stay fp32. bf16 on a "
+                        "CPU without native bf16 (AVX2 only) is many times slower than fp32")
     p.add_argument("--warmup-ratio", type=float, default=0.06)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: off)")

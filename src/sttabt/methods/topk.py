@@ -49,8 +49,9 @@ class TopKSelector(TokenSelector):
         return layer < len(self.ratios) - 1  # the last layer computes CLS only anyway
 
     def after_attention(self, view: LayerView, probs: torch.Tensor) -> torch.Tensor:
-        rows = view.queries.valid.float()  # (B, n_q)
-        per_key = torch.einsum("bq,bqk->bk", rows, probs.float().mean(dim=1)) / rows.sum(1, keepdim=True)
+        rows = view.queries.valid.to(probs.dtype)  # (B, n_q)
+        # One pass over the (B, H, n_q, n_k) maps: mean over heads and over the current query rows.
+        per_key = torch.einsum("bhqk,bq->bk", probs, rows) / (probs.shape[1] * rows.sum(1, keepdim=True))
         length = view.valid.shape[1]
         scores = scatter_scores(per_key, view.keys, length, fill=float("-inf"))
         scores[:, 0] = float("inf")  # CLS is always kept and counts towards the budget
