@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -98,6 +99,10 @@ def test_finetune_saves_a_loadable_model_and_a_log(tiny_model, glue_dir, tmp_pat
     assert {"config.json", "model.safetensors", "tokenizer_config.json", LOG_NAME} <= files
     assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)
     assert not list(tmp_path.glob(".ft.*"))  # no temp dir left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / LOG_NAME).stat().st_mode & 0o777 == 0o666 & ~umask  # not the temp file's owner-only mode
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask
 
     saved = json.loads((out / LOG_NAME).read_text())
     assert saved["examples"] == {"train": 58, "heldout": 6, "dev": 16}
@@ -109,6 +114,7 @@ def test_finetune_saves_a_loadable_model_and_a_log(tiny_model, glue_dir, tmp_pat
     assert held[best - 1] == max(held) and best == held.index(max(held)) + 1  # first best epoch kept
     assert saved["best_heldout"] == saved["epochs"][best - 1]["heldout"]
     assert set(saved["dev"]["metrics"]) == {"accuracy"} and saved["dev"]["examples"] == 16
+    assert saved["dev"]["split"] == "dev" and saved["throughput"]["train_examples_per_s_overall"] > 0
     assert saved["wall_seconds"] > 0 and saved["dev"] == record["dev"]
     # A separable toy task: the tiny model learns it (after a plateau, hence 8 epochs at a high rate).
     assert saved["dev"]["metrics"]["accuracy"] >= 0.75

@@ -45,12 +45,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m sttabt.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="artifacts/demo")
     parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--train-examples", type=int, default=600, help="fine-tuning/distillation examples")
+    parser.add_argument("--train-examples", type=int, default=400, help="fine-tuning/distillation examples")
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--distill-epochs", type=int, default=3)
+    parser.add_argument("--distill-epochs", type=int, default=2)
     parser.add_argument("--keeps", default="0.3,0.15", help="two ABT budgets")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N test documents")
-    parser.add_argument("--train-dtype", default="bf16", choices=["fp32", "bf16"])
+    parser.add_argument(
+        "--train-dtype", default="fp32", choices=["fp32", "bf16"], help="bf16 is slow without native bf16"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)

@@ -37,6 +37,8 @@ from sttabt.utils import DTYPES, atomic_directory, atomic_write_json, set_seed
 log = logging.getLogger(__name__)
 
 LOG_NAME = "train_log.json"
+#: The split that ``load_examples(task, "dev")`` actually reads, recorded in the log.
+_DEV_FILE = {"mnli": "dev_matched", "bbc": "test"}
 
 
 @dataclass
@@ -189,10 +191,11 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     dev_record: dict[str, Any] | None = None
     if dev_f:
         dev_metrics, dev_rate, dev_s = _evaluate(bare, dev_f, spec.name, accelerator, config, pad_id)
-        dev_record = {"split": "dev", "examples": len(dev_f), "metrics": dev_metrics,
-                      "examples_per_s": dev_rate, "seconds": dev_s}  # fmt: skip
+        dev_record = {"split": _DEV_FILE.get(spec.name, "dev"), "examples": len(dev_f),
+                      "metrics": dev_metrics, "examples_per_s": dev_rate, "seconds": dev_s}  # fmt: skip
 
     train_rates = [e["train_examples_per_s"] for e in epochs]
+    train_seconds = sum(e["train_seconds"] for e in epochs)
     record_out: dict[str, Any] = {
         "config": asdict(config),
         "task": asdict(spec),
@@ -207,6 +210,8 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         "dev": dev_record,
         "throughput": {
             "train_examples_per_s_mean": sum(train_rates) / len(train_rates),
+            "train_examples_per_s_overall": sum(e["train_examples"] for e in epochs)
+            / max(train_seconds, 1e-9),
             "dev_examples_per_s": dev_record["examples_per_s"] if dev_record else None,
         },
         "environment": {
@@ -232,9 +237,10 @@ def summary_line(record: dict[str, Any]) -> str:
     """One line for the terminal: dev metrics, the selected epoch, throughput, wall time, output."""
     metric = record["primary_metric"]
     dev = record.get("dev")
-    dev_txt = (
-        "dev " + " ".join(f"{k}={v:.4f}" for k, v in dev["metrics"].items()) if dev else "dev not evaluated"
-    )
+    if dev:
+        dev_txt = f"{dev['split']} " + " ".join(f"{k}={v:.4f}" for k, v in dev["metrics"].items())
+    else:
+        dev_txt = "dev not evaluated"
     held = record.get("best_heldout")
     held_txt = f", held-out {metric}={held[metric]:.4f}" if held else ""
     return (
@@ -402,3 +408,13 @@ def _save(model: Any, tokenizer: Any, output: str, record: dict[str, Any]) -> No
         if not any(tmp.glob("*.safetensors")) or any(tmp.glob("*.bin")):
             raise SttabtError(f"expected safetensors weights only in {tmp}, got {sorted(os.listdir(tmp))}")
         atomic_write_json(tmp / LOG_NAME, record)
+        _publish_permissions(tmp)
+
+
+def _publish_permissions(folder: Path) -> None:
+    """Give the checkpoint the usual umask permissions: temp dirs and files are created owner-only."""
+    mask = os.umask(0)
+    os.umask(mask)
+    folder.chmod(0o777 & ~mask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
