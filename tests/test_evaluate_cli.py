@@ -298,3 +298,24 @@ def test_approxnet_of_another_teacher_is_refused(tiny_approx_dir, glue_dir, tmp_
     )
     err = capsys.readouterr().err.strip()
     assert code == 2 and "teacher" in err and len(err.splitlines()) == 1
+
+
+def test_loading_with_another_label_count_replaces_the_head(tiny_model_dir):
+    from sttabt.models import load_text_classifier
+
+    model, _ = load_text_classifier(str(tiny_model_dir), num_labels=3)
+    assert model.classifier.out_features == 3
+
+
+def test_atomic_writes_respect_the_umask(tmp_path):
+    from sttabt.utils import atomic_directory, atomic_write_json
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "r.json", {"a": 1})
+        with atomic_directory(tmp_path / "ckpt") as folder:
+            (folder / "x").write_text("1")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "ckpt").stat().st_mode & 0o777 == 0o755

@@ -46,6 +46,7 @@ def load_text_classifier(name_or_path: str, num_labels: int | None = None, probl
     overrides = {}
     if num_labels is not None and getattr(config, "num_labels", None) != num_labels:
         overrides["num_labels"] = num_labels
+        overrides["ignore_mismatched_sizes"] = True  # a head of another size is replaced by a new one
     if problem_type is not None:
         overrides["problem_type"] = problem_type
     try:

@@ -46,6 +46,13 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _umask_mode(base: int) -> int:
+    """``base`` (0o666 for files, 0o777 for folders) less the process umask, as a plain open() would give."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return base & ~mask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write through a temporary file in the same folder and rename, so readers never see half a file."""
     path = Path(path)
@@ -54,6 +61,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(tmp, _umask_mode(0o666))  # mkstemp creates 0600 files
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -85,6 +93,7 @@ def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     try:
         yield tmp
+        os.chmod(tmp, _umask_mode(0o777))  # mkdtemp creates 0700 folders
         if final.exists():
             backup = final.with_name(f".{final.name}.old")
             shutil.rmtree(backup, ignore_errors=True)
