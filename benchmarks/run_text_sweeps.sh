@@ -36,7 +36,7 @@ has finetune-bbc && run finetune --model minilm --task bbc --output $A/minilm-bb
 has distill-bbc && run distill --teacher $A/minilm-bbc --task bbc --factor 4 --output $A/approx-bbc-f4 \
   --general-epochs 1 --epochs 3 --max-length 256 --seed 0
 has sweep-bbc && run sweep --model $A/minilm-bbc --task bbc --split test --approx $A/approx-bbc-f4 \
-  --max-length 512 --batch-size 16 --output-dir $R/bbc --no-progress
+  --max-length 512 --batch-size 16 --keeps ${BBC_KEEPS:-0.05,0.1,0.2,0.3,0.5} --output-dir $R/bbc --no-progress
 if has bench-bbc; then
   for b in 1 32; do for k in 0.3 0.15; do
     run bench --model $A/minilm-bbc --method abt --approx $A/approx-bbc-f4 --keep $k --batch-size $b \
