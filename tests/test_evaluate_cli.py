@@ -319,3 +319,20 @@ def test_atomic_writes_respect_the_umask(tmp_path):
         os.umask(old)
     assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "ckpt").stat().st_mode & 0o777 == 0o755
+
+
+def test_sweep_then_append_abt(tiny_model_dir, tiny_approx_dir, glue_dir, tmp_path):
+    out = tmp_path / "sweep"
+    base = ["sweep", "--model", str(tiny_model_dir), "--task", "sst2", "--data-dir", str(glue_dir), "--keeps",
+            "0.3,1.0", "--output-dir", str(out), "--no-progress"]
+    assert main([*base, "--methods", "abt-oracle,topk"]) == 0
+    first = json.loads((out / "summary.json").read_text())["rows"]
+    assert sorted({r["method"] for r in first}) == ["abt-oracle", "dense", "topk"]
+    assert main([*base, "--methods", "abt", "--approx", str(tiny_approx_dir), "--append"]) == 0
+    rows = json.loads((out / "summary.json").read_text())["rows"]
+    assert len(rows) == 1 + 3 * 2
+    assert sorted({r["method"] for r in rows}) == ["abt", "abt-oracle", "dense", "topk"]
+    full = next(r for r in rows if r["method"] == "abt" and r["keep"] == 1.0)
+    assert full["retention"] == pytest.approx(1.0)
+    assert (out / "accuracy_vs_flops.png").stat().st_size > 1000
+    assert "| 0.3 |" in (out / "summary.md").read_text()

@@ -6,6 +6,7 @@ the oracle ABT run measured at the same nominal k (so both sit at comparable ret
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
@@ -29,8 +30,13 @@ def run_sweep(
     approx: str | None = None,
     model=None,
     tokenizer=None,
+    append: bool = False,
 ) -> list[dict[str, Any]]:
-    """Evaluate dense and every (method, k); write one JSON per run plus summary.json/.md and a plot."""
+    """Evaluate dense and every (method, k); write one JSON per run plus summary.json/.md and a plot.
+
+    With ``append``, rows already in ``out_dir/summary.json`` are kept (the dense run and the oracle runs
+    that top-k needs are reused instead of re-run) and new (method, k) rows replace old ones.
+    """
     from sttabt.models import load_text_classifier
 
     out_dir = Path(out_dir)
@@ -42,7 +48,17 @@ def run_sweep(
 
         approxnet = ApproxNet.load(approx, teacher=model)
 
+    previous: list[dict[str, Any]] = []
+    if append and (out_dir / "summary.json").exists():
+        previous = json.loads((out_dir / "summary.json").read_text())["rows"]
     rows: list[dict[str, Any]] = []
+
+    def reuse(method: str, keep: Any) -> dict[str, Any] | None:
+        row = next((r for r in previous if r["method"] == method and r["keep"] == keep), None)
+        if row is None:
+            return None
+        rows.append(row)
+        return json.loads((out_dir / row["file"]).read_text())
 
     def record(method: str, keep: Any, options: MethodOptions, name: str) -> dict[str, Any]:
         config = replace(base, method=method, options=options)
@@ -59,11 +75,12 @@ def run_sweep(
         log.info("%s k=%s: %s", method, keep, row)
         return report
 
-    record("dense", None, MethodOptions(), "dense")
+    reuse("dense", None) or record("dense", None, MethodOptions(), "dense")
     for keep in keeps:
         oracle = None
         if "abt-oracle" in methods or "topk" in methods:
-            oracle = record("abt-oracle", keep, MethodOptions(keep=keep), f"abt-oracle_k{keep}")
+            oracle = reuse("abt-oracle", keep) if "abt-oracle" not in methods else None
+            oracle = oracle or record("abt-oracle", keep, MethodOptions(keep=keep), f"abt-oracle_k{keep}")
         if "abt" in methods:
             options = MethodOptions(keep=keep, approx=approx, extra={"approxnet": approxnet})
             record("abt", keep, options, f"abt_k{keep}")
@@ -71,8 +88,10 @@ def run_sweep(
             target = min(1.0, oracle["retention"])
             options = MethodOptions(keep=target, schedule="reference")
             record("topk", keep, options, f"topk_k{keep}")
-    if "abt-oracle" not in methods:
+    if "abt-oracle" not in methods and not append:
         rows = [r for r in rows if r["method"] != "abt-oracle"]
+    seen = {(r["method"], r["keep"]) for r in rows}
+    rows = [r for r in previous if (r["method"], r["keep"]) not in seen] + rows
     summary = {"task": base.task, "split": base.split, "model": base.model, "approx": approx, "rows": rows}
     atomic_write_json(out_dir / "summary.json", summary)
     atomic_write_text(out_dir / "summary.md", summary_markdown(summary))

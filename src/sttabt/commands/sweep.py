@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_runtime_arguments(parser)
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--append", action="store_true", help="add to the sweep in --output-dir (reuses dense/oracle runs)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -52,6 +55,6 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         progress=not args.no_progress,
     )
-    run_sweep(base, args.output_dir, keeps, methods, args.approx)
+    run_sweep(base, args.output_dir, keeps, methods, args.approx, append=args.append)
     print(Path(args.output_dir, "summary.md").read_text())
     return 0
