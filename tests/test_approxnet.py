@@ -153,6 +153,8 @@ def test_load_refuses_another_teacher(tmp_path):
 def test_load_errors_are_user_errors(tmp_path):
     with pytest.raises(SttabtError, match="does not exist"):
         ApproxNet.load(tmp_path / "missing")
+    with pytest.raises(SttabtError, match="no ApproxNet directory given"):
+        ApproxNet.load("")
     (tmp_path / "empty").mkdir()
     with pytest.raises(SttabtError, match="not an ApproxNet directory"):
         ApproxNet.load(tmp_path / "empty")

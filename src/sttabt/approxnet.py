@@ -385,6 +385,8 @@ class ApproxNet(nn.Module):
         from safetensors.torch import load_file
         from transformers import AutoModelForSequenceClassification
 
+        if not str(directory).strip():
+            raise SttabtError("no ApproxNet directory given")
         directory = Path(directory)
         config_path = directory / CONFIG_NAME
         if not directory.is_dir():
