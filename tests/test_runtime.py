@@ -228,7 +228,7 @@ def test_batch_invariance_backtrack_from_dense_attention(helpers, family, keep):
 
 # -- top-k specifics ------------------------------------------------------------------------------------
 def test_topk_keeps_the_most_attended_tokens(helpers):
-    """Top-k keeps ceil(k·n) tokens (CLS included) by its own attention (heads, then current rows, averaged)."""
+    """Top-k keeps ceil(k·n) tokens (CLS included) by its own attention (heads, then rows, averaged)."""
     import math
 
     from sttabt.methods import MethodOptions, build_selector
