@@ -34,14 +34,13 @@ SENTENCES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
+def _save_tiny_classifier(directory: Path, seed: int) -> Path:
+    """A tiny random BERT classifier with the MiniLM tokenizer, saved like a fine-tuned model."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     from sttabt.models import resolve_model_path
 
-    torch.manual_seed(0)
-    directory = tmp_path_factory.mktemp("tiny-classifier")
+    torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
@@ -54,6 +53,11 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     BertForSequenceClassification(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return _save_tiny_classifier(tmp_path_factory.mktemp("tiny-classifier"), seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -276,23 +280,7 @@ def test_evaluate_abt_with_approxnet(tiny_model_dir, tiny_approx_dir, glue_dir, 
 
 
 def test_approxnet_of_another_teacher_is_refused(tiny_approx_dir, glue_dir, tmp_path, capsys):
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from sttabt.models import resolve_model_path
-
-    other = tmp_path / "other"
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_labels=2,
-    )
-    torch.manual_seed(123)
-    BertForSequenceClassification(config).save_pretrained(other)
-    tokenizer.save_pretrained(other)
+    other = _save_tiny_classifier(tmp_path / "other", seed=123)
     code, _, _ = _evaluate(
         other, glue_dir, tmp_path, "--method", "abt", "--approx", str(tiny_approx_dir), "--keep", "0.5"
     )
