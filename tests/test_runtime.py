@@ -335,3 +335,81 @@ def test_counts_cost_and_retention_of_a_planned_run(helpers):
     torch.testing.assert_close(
         out.retention(), torch.tensor([(4 / 6 + 2 / 6) / 2, (4 / 4 + 3 / 4) / 2], dtype=torch.float64)
     )
+
+
+# -- attention in chunks of samples ---------------------------------------------------------------------
+class _HalfOfSome(TokenSelector):
+    """Online: samples in ``prune`` keep the first half of their current tokens; a chunk holding none of
+    them answers ``None`` (keep everything), so chunked runs mix pruned and unpruned chunks."""
+
+    def __init__(self, prune: set[int]):
+        self.prune = prune
+
+    def wants_attention(self, layer):
+        return True
+
+    def after_attention(self, view, probs):
+        first = view.samples.start or 0
+        members = [first + i for i in range(view.valid.shape[0])]
+        if not any(m in self.prune for m in members):
+            return None
+        rank = view.query_mask.long().cumsum(dim=1)
+        half = (view.query_mask.sum(dim=1, keepdim=True) + 1) // 2
+        chosen = view.query_mask & (rank <= half)
+        keep_all = torch.tensor([m not in self.prune for m in members]).unsqueeze(1)
+        return torch.where(keep_all, view.query_mask, chosen)
+
+
+def _chunk_budgets(heads: int, width: int) -> list[int]:
+    per_sample = heads * width * width
+    return [1, 2 * per_sample, 3 * per_sample]  # chunks of 1, 2 and 3 samples
+
+
+@pytest.mark.parametrize("method", ["topk", "half-of-some", "abt-oracle"])
+def test_chunked_attention_equals_whole_batch(helpers, method):
+    """Bounding the probabilities held at once (chunks of samples) changes nothing in the result."""
+    from sttabt.methods import MethodOptions, build_selector
+
+    model = helpers.make_model(helpers.TinySpec(layers=3, heads=2, head_dim=4, seed=40))
+    adapter = HFTextClassifierAdapter(model)
+    width = max(LENGTHS) + 2
+    batch = helpers.make_batch(model, LENGTHS, width=width, seed=41)
+
+    def make():
+        if method == "half-of-some":
+            return _HalfOfSome({0, 3})
+        return build_selector(method, adapter, MethodOptions(keep=0.4))
+
+    with torch.no_grad():
+        whole = SparseEncoder(adapter, attention_chunk_elements=1 << 30)(batch, make(), collect_attentions=True)
+        assert (whole.counts[:, :-1, 2] < whole.counts[:, :-1, 0]).any()  # something was pruned
+        for budget in _chunk_budgets(2, width):
+            chunked = SparseEncoder(adapter, attention_chunk_elements=budget)(
+                batch, make(), collect_attentions=True
+            )
+            torch.testing.assert_close(chunked.logits, whole.logits, atol=ATOL, rtol=0)
+            for b in range(len(LENGTHS)):
+                assert kept(chunked.key_sets, b) == kept(whole.key_sets, b)
+            for got, expected in zip(chunked.attentions, whole.attentions, strict=True):
+                torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+
+
+def test_chunked_attention_mixing_pruned_and_unpruned_chunks_matches_reference(helpers):
+    model = helpers.make_model(helpers.TinySpec(layers=3, heads=2, head_dim=4, seed=42))
+    adapter = HFTextClassifierAdapter(model)
+    batch = helpers.make_batch(model, LENGTHS, width=max(LENGTHS), seed=43)
+    with torch.no_grad():
+        out = SparseEncoder(adapter, attention_chunk_elements=1)(batch, _HalfOfSome({1, 2}))
+        expected = helpers.masked_reference(model, batch, out.key_sets)
+    torch.testing.assert_close(out.logits, expected, atol=ATOL, rtol=0)
+    for b, n in enumerate(LENGTHS):
+        if b in (1, 2):
+            assert out.key_sets[1][b].sum() == (n + 1) // 2
+        else:
+            assert out.key_sets[1][b].sum() == n
+
+
+def test_runtime_rejects_a_non_positive_chunk_budget(helpers):
+    model = helpers.make_model(helpers.TinySpec(layers=1, heads=2, head_dim=4, seed=44))
+    with pytest.raises(SttabtError, match="attention_chunk_elements"):
+        SparseEncoder(HFTextClassifierAdapter(model), attention_chunk_elements=0)

@@ -29,7 +29,11 @@ from sttabt.errors import SttabtError
 
 @dataclass
 class LayerView:
-    """What a selector sees of the running layer l (all masks are ``(B, T)`` over original positions)."""
+    """What a selector sees of the running layer l (all masks are ``(b, T)`` over original positions).
+
+    A view may cover a slice of the batch only (``samples``): the runtime computes attention in chunks of
+    samples so that ``(B, H, n, n)`` probabilities are never held for a whole batch at once.
+    """
 
     layer: int
     valid: torch.Tensor  # real tokens
@@ -37,6 +41,19 @@ class LayerView:
     query_mask: torch.Tensor  # the tokens whose attention rows were computed
     keys: CompactIndex  # compact layout of S_l (columns of the attention)
     queries: CompactIndex  # compact layout of the query rows
+    samples: slice = field(default_factory=lambda: slice(None))  # the samples of the batch this view covers
+
+    def chunk(self, samples: slice) -> LayerView:
+        """The same layer seen for the samples ``samples`` of this view."""
+        return LayerView(
+            self.layer,
+            self.valid[samples],
+            self.key_mask[samples],
+            self.query_mask[samples],
+            CompactIndex(self.keys.positions[samples], self.keys.valid[samples]),
+            CompactIndex(self.queries.positions[samples], self.queries.valid[samples]),
+            samples,
+        )
 
 
 class TokenSelector:
@@ -67,9 +84,10 @@ class TokenSelector:
     def after_attention(self, view: LayerView, probs: torch.Tensor) -> torch.Tensor | None:
         """Online decision after attention: the tokens that continue (``None`` = all query rows).
 
-        ``probs`` is ``(B, H, n_q, n_k)`` in the compact layouts ``view.queries`` / ``view.keys``. Also
-        called for the last layer (whose only query is CLS) when :meth:`wants_attention` says so; a
-        selection returned there is ignored.
+        ``probs`` is ``(b, H, n_q, n_k)`` in the compact layouts ``view.queries`` / ``view.keys``. The
+        runtime calls this once per *chunk of samples* (``view.samples``), so a decision must depend on
+        each sample alone, which batch invariance requires anyway. Also called for the last layer (whose
+        only query is CLS) when :meth:`wants_attention` says so; a selection returned there is ignored.
         """
         return None
 
@@ -124,11 +142,19 @@ class SparseOutput:
 
 
 def attention_probs(q: torch.Tensor, k: torch.Tensor, key_valid: torch.Tensor, scale: float) -> torch.Tensor:
-    """Softmax attention probabilities ``(B, H, n_q, n_k)`` in float32 over compact keys with a key mask."""
-    scores = torch.matmul(q * scale, k.transpose(-1, -2)).float()
+    """Softmax attention probabilities ``(B, H, n_q, n_k)`` in float32 over compact keys with a key mask.
+
+    Without autograd the softmax runs in place on the score buffer: one large allocation instead of two,
+    which matters on CPU where a fresh multi-MB buffer costs page faults on first touch.
+    """
+    scores = torch.matmul(q * scale, k.transpose(-1, -2))
+    if scores.dtype != torch.float32:
+        scores = scores.float()
     if not bool(key_valid.all()):
         scores = scores.masked_fill(~key_valid[:, None, None, :], float("-inf"))
-    return scores.softmax(dim=-1)
+    if scores.requires_grad:
+        return scores.softmax(dim=-1)
+    return torch.ops.aten._softmax.out(scores, -1, False, out=scores)
 
 
 def fused_attention(
@@ -140,8 +166,24 @@ def fused_attention(
 
 
 def _rows(tensor: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
-    """Gather query rows ``rel (B, m)`` of a per-head tensor ``(B, H, n, X)``."""
-    return tensor.gather(2, rel[:, None, :, None].expand(-1, tensor.shape[1], -1, tensor.shape[-1]))
+    """Gather query rows ``rel (B, m)`` of a per-head tensor ``(B, H, n, X)``.
+
+    Whole rows are copied with one ``index_select`` over the flattened tensor, which is several times
+    faster than an element-wise ``gather`` with an expanded index.
+    """
+    batch, heads, n, width = tensor.shape
+    if batch == 1:
+        return tensor.index_select(2, rel[0])
+    base = torch.arange(batch * heads, device=rel.device).view(batch, heads, 1) * n
+    flat = (base + rel[:, None, :]).reshape(-1)
+    return tensor.reshape(batch * heads * n, width).index_select(0, flat).view(batch, heads, -1, width)
+
+
+def _fit_rows(tensor: torch.Tensor, width: int) -> torch.Tensor:
+    """Cut or zero-pad dim 2 of ``(b, H, m, X)`` to ``width`` rows (the rows past a sample's count are padding)."""
+    if tensor.shape[2] >= width:
+        return tensor[:, :, :width]
+    return F.pad(tensor, (0, 0, 0, width - tensor.shape[2]))
 
 
 def _take_prefix_or_gather(hidden: torch.Tensor, index: CompactIndex) -> torch.Tensor:
@@ -168,11 +210,23 @@ def _restrict(requested: torch.Tensor | None, available: torch.Tensor, readout: 
     return requested | readout
 
 
-class SparseEncoder:
-    """Run an adapter's encoder with a token selector. Stateless between calls."""
+#: Default bound on the attention-probability elements held at once (b·H·n_q·n_k, 16 MiB in fp32).
+ATTENTION_CHUNK_ELEMENTS = 1 << 22
 
-    def __init__(self, adapter: EncoderAdapter):
+
+class SparseEncoder:
+    """Run an adapter's encoder with a token selector. Stateless between calls.
+
+    ``attention_chunk_elements`` bounds the explicit attention probabilities materialised at once for
+    selectors that read them: such layers run in chunks of samples, so the maps stay in cache instead of
+    streaming a ``(B, H, n, n)`` tensor through memory several times (and paying page faults for it).
+    """
+
+    def __init__(self, adapter: EncoderAdapter, attention_chunk_elements: int = ATTENTION_CHUNK_ELEMENTS):
+        if attention_chunk_elements < 1:
+            raise SttabtError(f"attention_chunk_elements must be positive, got {attention_chunk_elements}")
         self.adapter = adapter
+        self.attention_chunk_elements = attention_chunk_elements
 
     def __call__(
         self,
@@ -224,20 +278,14 @@ class SparseEncoder:
             if not (collect_attentions or wants):
                 ctx = fused_attention(q, k, v, keys.valid, scale, drop)
             else:
-                probs = attention_probs(q, k, keys.valid, scale)
                 view = LayerView(layer, valid, key_mask, query_mask, keys, queries)
+                ctx, out_mask, outputs, rel_o, maps = self._attend_with_probs(
+                    view, q, k, v, scale, drop, selector if wants else None, not last, readout, collect_attentions
+                )
                 if collect_attentions:
-                    attentions.append(_scatter_attention(probs, view, length))
-                chosen = selector.after_attention(view, probs) if wants else None
-                if chosen is not None and not last:  # online pruning: A·V onwards only for the kept rows
-                    out_mask = _restrict(chosen, query_mask, readout, "after_attention")
-                    outputs = compact(out_mask)
-                    rel_o = relative_index(query_mask, outputs)
-                    probs = _rows(probs, rel_o)
+                    attentions.append(maps)
+                if rel_o is not None:  # online pruning: the FFN onwards only for the kept rows
                     query_hidden = gather_tokens(query_hidden, rel_o)
-                if drop > 0:
-                    probs = F.dropout(probs, p=drop)
-                ctx = torch.matmul(probs.to(v.dtype), v)
             hidden = adapter.finish(layer, _merge_heads(ctx), query_hidden)
             layer_sizes.append((keys.valid, queries.valid, outputs.valid))
             key_mask, keys = out_mask, outputs
@@ -255,6 +303,59 @@ class SparseEncoder:
             attentions,
         )
 
+    def _attend_with_probs(
+        self,
+        view: LayerView,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        scale: float,
+        dropout_p: float,
+        selector: TokenSelector | None,
+        prune: bool,
+        readout: torch.Tensor,
+        collect: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, CompactIndex, torch.Tensor | None, torch.Tensor | None]:
+        """Attention through explicit probabilities, chunked over samples.
+
+        Each chunk's selector decision is applied right away (A·V only for the rows it keeps), so no
+        chunk's probabilities outlive its iteration. Returns the context, the output mask with its compact
+        layout, the output rows' places among the query rows (``None`` when nothing was pruned: the
+        outputs are then the queries) and, if ``collect``, the dense ``(B, H, T, T)`` maps.
+        """
+        batch, heads, n_q, _ = q.shape
+        step = max(1, self.attention_chunk_elements // max(1, heads * n_q * k.shape[2]))
+        length = view.valid.shape[1]
+        contexts, out_masks, maps = [], [], []
+        outputs, rel = view.queries, None
+        for start in range(0, batch, step):
+            rows = slice(start, min(start + step, batch))
+            part = view if step >= batch else view.chunk(rows)
+            probs = attention_probs(q[rows], k[rows], part.keys.valid, scale)
+            if collect:
+                maps.append(_scatter_attention(probs, part, length))
+            chosen = selector.after_attention(part, probs) if selector is not None else None
+            out_mask = part.query_mask
+            if chosen is not None and prune:
+                out_mask = _restrict(chosen, part.query_mask, readout[rows], "after_attention")
+                outputs = compact(out_mask)
+                rel = relative_index(part.query_mask, outputs)
+                probs = _rows(probs, rel)
+            if dropout_p > 0:
+                probs = F.dropout(probs, p=dropout_p)
+            contexts.append(torch.matmul(probs.to(v.dtype), v[rows]))
+            out_masks.append(out_mask)
+        collected = (maps[0] if len(maps) == 1 else torch.cat(maps)) if collect else None
+        if len(contexts) == 1:
+            return contexts[0], out_masks[0], outputs, rel, collected
+        if rel is None:
+            return torch.cat(contexts), view.query_mask, view.queries, None, collected
+        # Chunks share the layout "members sorted, left-aligned"; only their padded widths differ.
+        out_mask = torch.cat(out_masks)
+        outputs = compact(out_mask)
+        rel = relative_index(view.query_mask, outputs)
+        width = outputs.positions.shape[1]
+        return torch.cat([_fit_rows(c, width) for c in contexts]), out_mask, outputs, rel, collected
 
 def _scatter_attention(probs: torch.Tensor, view: LayerView, length: int) -> torch.Tensor:
     """Place compact attention ``(B, H, n_q, n_k)`` into a full ``(B, H, T, T)`` map (zeros elsewhere)."""

@@ -72,8 +72,16 @@ def relative_index(outer: torch.Tensor, inner: CompactIndex) -> torch.Tensor:
 
 
 def gather_tokens(hidden: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
-    """Gather rows ``rel (B, m)`` of ``hidden (B, n, d)`` -> ``(B, m, d)``: the physical removal step."""
-    return hidden.gather(1, rel.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+    """Gather rows ``rel (B, m)`` of ``hidden (B, n, d)`` -> ``(B, m, d)``: the physical removal step.
+
+    Whole rows are copied by one ``index_select`` over the flattened batch (much faster on CPU than an
+    element-wise ``gather`` with an expanded index).
+    """
+    batch, n, width = hidden.shape
+    if batch == 1:
+        return hidden.index_select(1, rel[0])
+    flat = (torch.arange(batch, device=rel.device).unsqueeze(1) * n + rel).reshape(-1)
+    return hidden.reshape(batch * n, width).index_select(0, flat).view(batch, rel.shape[1], width)
 
 
 def scatter_scores(scores: torch.Tensor, index: CompactIndex, length: int, fill: float) -> torch.Tensor:

@@ -37,10 +37,10 @@ class HeadReducedAttention(TokenSelector):
 
     def __init__(self, head_reduction: str = "mean"):
         self.head_reduction = head_reduction
-        self.maps: list[torch.Tensor] = []
+        self._chunks: list[list[torch.Tensor]] = []
 
     def prepare(self, batch: Mapping[str, torch.Tensor], valid: torch.Tensor) -> None:
-        self.maps = []
+        self._chunks = []
         self.length = valid.shape[1]
 
     def wants_attention(self, layer: int) -> bool:
@@ -48,8 +48,16 @@ class HeadReducedAttention(TokenSelector):
 
     def after_attention(self, view: LayerView, probs: torch.Tensor) -> None:
         reduced = probs.mean(dim=1) if self.head_reduction == "mean" else probs.amax(dim=1)
-        self.maps.append(_scatter_map(reduced, view.queries, view.keys, self.length))
+        if view.layer == len(self._chunks):
+            self._chunks.append([])
+        # The runtime visits the chunks of samples of a layer in order.
+        self._chunks[view.layer].append(_scatter_map(reduced, view.queries, view.keys, self.length))
         return None
+
+    @property
+    def maps(self) -> list[torch.Tensor]:
+        """Per-layer ``(B, T, T)`` head-reduced maps of the last run."""
+        return [parts[0] if len(parts) == 1 else torch.cat(parts) for parts in self._chunks]
 
 
 def _scatter_map(reduced: torch.Tensor, rows: CompactIndex, cols: CompactIndex, length: int) -> torch.Tensor:

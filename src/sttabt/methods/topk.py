@@ -34,6 +34,18 @@ def reference_schedule(target: float, num_layers: int) -> list[float]:
     return ratios
 
 
+def mean_attention_received(probs: torch.Tensor, query_valid: torch.Tensor) -> torch.Tensor:
+    """Each key's attention ``(b, n_k)``, averaged over heads and over the real query rows.
+
+    A head sum (one contiguous pass over the maps) followed by a small batched matrix-vector product;
+    the same two kernels run whatever the padding, so a sample's scores do not depend on its batch.
+    """
+    rows = query_valid.to(probs.dtype)  # (b, n_q)
+    per_row = probs.sum(dim=1)  # (b, n_q, n_k)
+    total = torch.bmm(rows.unsqueeze(1), per_row).squeeze(1)
+    return total / (probs.shape[1] * rows.sum(dim=1, keepdim=True))
+
+
 class TopKSelector(TokenSelector):
     name = "topk"
 
@@ -49,13 +61,11 @@ class TopKSelector(TokenSelector):
         return layer < len(self.ratios) - 1  # the last layer computes CLS only anyway
 
     def after_attention(self, view: LayerView, probs: torch.Tensor) -> torch.Tensor:
-        rows = view.queries.valid.to(probs.dtype)  # (B, n_q)
-        # One pass over the (B, H, n_q, n_k) maps: mean over heads and over the current query rows.
-        per_key = torch.einsum("bhqk,bq->bk", probs, rows) / (probs.shape[1] * rows.sum(1, keepdim=True))
+        per_key = mean_attention_received(probs, view.queries.valid)
         length = view.valid.shape[1]
         scores = scatter_scores(per_key, view.keys, length, fill=float("-inf"))
         scores[:, 0] = float("inf")  # CLS is always kept and counts towards the budget
-        return topk_mask(scores, view.query_mask, self._counts[view.layer])
+        return topk_mask(scores, view.query_mask, self._counts[view.layer][view.samples])
 
     def count_overhead(self, counts: torch.Tensor) -> torch.Tensor:
         """Scoring per sample in every layer but the last: head and row means over n_q x n_k, ranking."""
