@@ -381,7 +381,8 @@ def test_chunked_attention_equals_whole_batch(helpers, method):
         return build_selector(method, adapter, MethodOptions(keep=0.4))
 
     with torch.no_grad():
-        whole = SparseEncoder(adapter, attention_chunk_elements=1 << 30)(batch, make(), collect_attentions=True)
+        unbounded = SparseEncoder(adapter, attention_chunk_elements=1 << 30)
+        whole = unbounded(batch, make(), collect_attentions=True)
         assert (whole.counts[:, :-1, 2] < whole.counts[:, :-1, 0]).any()  # something was pruned
         for budget in _chunk_budgets(2, width):
             chunked = SparseEncoder(adapter, attention_chunk_elements=budget)(

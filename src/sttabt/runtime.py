@@ -180,7 +180,7 @@ def _rows(tensor: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
 
 
 def _fit_rows(tensor: torch.Tensor, width: int) -> torch.Tensor:
-    """Cut or zero-pad dim 2 of ``(b, H, m, X)`` to ``width`` rows (the rows past a sample's count are padding)."""
+    """Cut or zero-pad dim 2 of ``(b, H, m, X)`` to ``width`` rows (rows past a sample's count are padding)."""
     if tensor.shape[2] >= width:
         return tensor[:, :, :width]
     return F.pad(tensor, (0, 0, 0, width - tensor.shape[2]))
@@ -242,7 +242,6 @@ class SparseEncoder:
         valid = batch["attention_mask"].bool()
         if valid.dim() != 2 or not bool(valid[:, 0].all()):
             raise SttabtError("every sample must have a real first token (CLS) and right padding")
-        length = valid.shape[1]
         readout = torch.zeros_like(valid)
         readout[:, 0] = True
         real_lengths = valid.sum(dim=1)
@@ -279,8 +278,9 @@ class SparseEncoder:
                 ctx = fused_attention(q, k, v, keys.valid, scale, drop)
             else:
                 view = LayerView(layer, valid, key_mask, query_mask, keys, queries)
+                online = selector if wants else None
                 ctx, out_mask, outputs, rel_o, maps = self._attend_with_probs(
-                    view, q, k, v, scale, drop, selector if wants else None, not last, readout, collect_attentions
+                    view, q, k, v, scale, drop, online, not last, readout, collect_attentions
                 )
                 if collect_attentions:
                     attentions.append(maps)
