@@ -180,7 +180,7 @@ def _rows(tensor: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
 
 
 def _fit_rows(tensor: torch.Tensor, width: int) -> torch.Tensor:
-    """Cut or zero-pad dim 2 of ``(b, H, m, X)`` to ``width`` rows (rows past a sample's count are padding)."""
+    """Cut or zero-pad dim 2 of ``(b, H, m, X)`` to ``width`` rows (rows past a count are padding)."""
     if tensor.shape[2] >= width:
         return tensor[:, :, :width]
     return F.pad(tensor, (0, 0, 0, width - tensor.shape[2]))
