@@ -63,6 +63,7 @@ def row(name: str, result: dict[str, Any]) -> dict[str, Any]:
         "relative_flops": result["flops"]["relative"],
         "target": target,
         "meets_target": None if target is None else bool(result["efficiency"] >= target),
+        "linear_efficiency": (result.get("breakdown") or {}).get("linear_efficiency"),
     }
 
 
@@ -83,18 +84,22 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         "",
         f"Device: {'; '.join(devices) or 'n/a'}. Times are medians in ms. Dense = the unmodified HF forward; "
         "speed-up = dense / method; ideal = dense FLOPs / method FLOPs (incl. method overhead); "
-        "efficiency = speed-up / ideal. Targets: ≥ 0.85 at batch 32, ≥ 0.7 at batch 1.",
+        "efficiency = speed-up / ideal. Targets: ≥ 0.85 at batch 32, ≥ 0.7 at batch 1. "
+        "GEMM eff. = the same efficiency for the linear layers' matrix products alone (from one profiled "
+        "call, `--breakdown`): how well the BLAS keeps its speed at the method's smaller row counts, which "
+        "bounds what any runtime can reach.",
         "",
         "| model | method | batch | seq | keep | dtype | dense ms | runtime-dense ms | method ms | speed-up "
-        "| ideal | efficiency | target |",
-        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
+        "| ideal | efficiency | target | GEMM eff. |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in rows:
         target = "-" if r["target"] is None else f"{'ok' if r['meets_target'] else 'below'} ({r['target']})"
+        gemm = "-" if r.get("linear_efficiency") is None else f"{r['linear_efficiency']:.2f}"
         lines.append(
             f"| {r['model']} | {r['method']} | {r['batch_size']} | {r['seq_len']} | {_keep_label(r['keep'])} "
             f"| {r['dtype']} | {r['dense_ms']:.1f} | {r['runtime_dense_ms']:.1f} | {r['method_ms']:.1f} "
-            f"| {r['speedup']:.2f} | {r['ideal_speedup']:.2f} | {r['efficiency']:.2f} | {target} |"
+            f"| {r['speedup']:.2f} | {r['ideal_speedup']:.2f} | {r['efficiency']:.2f} | {target} | {gemm} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -6,7 +6,8 @@
 #   PYTHON         interpreter with sttabt installed (default: .venv/bin/python, else python3)
 #   OUT            results folder (default: benchmarks/results/runtime)
 #   DEVICE         cpu | cuda | auto (default: cpu)
-#   THREADS        torch intra-op threads (default: all cores, `nproc`)
+#   THREADS        torch intra-op threads (default: 1, the setting of the recorded results: single-thread
+#                  timings are the most stable on a small machine; set THREADS=$(nproc) for all cores)
 #   ONLY           run only configurations whose name contains this substring (e.g. ONLY=minilm_b1_)
 #   SKIP_EXISTING  1: keep results that already exist (resume an interrupted run)
 set -euo pipefail
@@ -17,7 +18,7 @@ PY="${PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PY" ] || PY=python3
 OUT="${OUT:-benchmarks/results/runtime}"
 DEVICE="${DEVICE:-cpu}"
-THREADS="${THREADS:-$(nproc)}"
+THREADS="${THREADS:-1}"
 ONLY="${ONLY:-}"
 SKIP_EXISTING="${SKIP_EXISTING:-0}"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -52,7 +53,7 @@ bench() {  # bench MODEL BATCH SEQ KEEP DTYPE [WARMUP REPEATS]
   echo "== $name (warm-up $warmup, repeats $repeats)"
   "$PY" -m sttabt bench --model "random:$model" --method topk --keep "$keep" --schedule constant \
     --batch-size "$batch" --seq-len "$seq" --device "$DEVICE" --dtype "$dtype" \
-    --warmup "$warmup" --repeats "$repeats" --threads "$THREADS" --seed 0 --output "$OUT/$name.json"
+    --warmup "$warmup" --repeats "$repeats" --threads "$THREADS" --seed 0 --breakdown --output "$OUT/$name.json"
 }
 
 start=$(date +%s)

@@ -245,3 +245,32 @@ def test_aggregator_writes_summary_table(tmp_path):
     table = (tmp_path / "summary.md").read_text().splitlines()
     body = [line for line in table if line.startswith("| tiny")]
     assert len(body) == 2 and "| 32 | 16 | 0.25 | fp32 |" in body[1]
+
+
+def test_breakdown_splits_time_and_macs_by_kind():
+    from sttabt.bench import op_kind
+    from sttabt.core.flops import macs_by_kind
+
+    assert op_kind("aten::addmm") == "linear" and op_kind("aten::bmm") == "attention"
+    assert op_kind("aten::_softmax") == "attention" and op_kind("aten::gather") == "other"
+
+    result = run_benchmark(tiny_bench(breakdown=True, repeats=1))
+    parts = result["breakdown"]
+    assert "--breakdown" in result["command"]
+    for name in ("hf_dense", "runtime_dense", "method"):
+        assert parts[name]["linear_ms"] > 0 and parts[name]["aten_ops"] > 0
+    # MACs by kind add up to the encoder MACs of the FLOPs report (dense: every layer at full length).
+    shape = EncoderShape(2, 16, 32, 2, head_macs=16 * 16 + 16 * 2)
+    full = torch.full((1, 2, 3), 16)
+    dense = macs_by_kind(shape, full)
+    assert parts["hf_dense"]["linear_macs"] == pytest.approx(float(dense["linear"][0]))
+    assert parts["hf_dense"]["linear_macs"] + parts["hf_dense"]["attention_macs"] == pytest.approx(
+        float(encoder_cost(shape, full, torch.tensor([16])).macs[0])
+    )
+    counts = torch.tensor([[[16, 16, 8], [8, 1, 1]]])  # top-k 0.5, as above
+    assert parts["method"]["linear_macs"] == pytest.approx(float(macs_by_kind(shape, counts)["linear"][0]))
+    assert parts["linear_ideal_speedup"] == pytest.approx(
+        parts["hf_dense"]["linear_macs"] / parts["method"]["linear_macs"]
+    )
+    ratio = parts["linear_speedup"] / parts["linear_ideal_speedup"]
+    assert parts["linear_efficiency"] == pytest.approx(ratio)

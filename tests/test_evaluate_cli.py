@@ -311,8 +311,20 @@ def test_atomic_writes_respect_the_umask(tmp_path):
 
 def test_sweep_then_append_abt(tiny_model_dir, tiny_approx_dir, glue_dir, tmp_path):
     out = tmp_path / "sweep"
-    base = ["sweep", "--model", str(tiny_model_dir), "--task", "sst2", "--data-dir", str(glue_dir), "--keeps",
-            "0.3,1.0", "--output-dir", str(out), "--no-progress"]
+    base = [
+        "sweep",
+        "--model",
+        str(tiny_model_dir),
+        "--task",
+        "sst2",
+        "--data-dir",
+        str(glue_dir),
+        "--keeps",
+        "0.3,1.0",
+        "--output-dir",
+        str(out),
+        "--no-progress",
+    ]
     assert main([*base, "--methods", "abt-oracle,topk"]) == 0
     first = json.loads((out / "summary.json").read_text())["rows"]
     assert sorted({r["method"] for r in first}) == ["abt-oracle", "dense", "topk"]

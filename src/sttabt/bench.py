@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from sttabt.adapters.base import EncoderAdapter
 from sttabt.adapters.hf_text import HFTextClassifierAdapter
-from sttabt.core.flops import dense_cost
+from sttabt.core.flops import dense_cost, dense_counts, macs_by_kind
 from sttabt.errors import SttabtError
 from sttabt.methods.registry import MethodOptions, build_selector, validate_method
 from sttabt.runtime import SparseEncoder
@@ -92,6 +93,7 @@ class BenchConfig:
     threads: int | None = None
     seed: int = 0
     output: str | None = None
+    breakdown: bool = False
     model_config: Any = field(default=None, repr=False)
 
     def method_options(self) -> MethodOptions:
@@ -142,6 +144,8 @@ class BenchConfig:
         if self.threads is not None:
             args += ["--threads", str(self.threads)]
         args += ["--seed", str(self.seed)]
+        if self.breakdown:
+            args.append("--breakdown")
         if self.output:
             args += ["--output", str(self.output)]
         return shlex.join(args)
@@ -332,6 +336,9 @@ def _run(config: BenchConfig, device: torch.device) -> dict[str, Any]:
     )  # fmt: skip
     with torch.inference_mode(), autocast(device, config.dtype):
         samples, outputs = measure(calls, config.warmup, config.repeats, _synchronizer(device))
+        breakdown = None
+        if config.breakdown:
+            breakdown = profile_breakdown(calls, device, rounds=min(3, config.repeats))
     load_end = _load_average()
 
     timings = {name: _stats(samples[name]) for name in VARIANTS}
@@ -400,8 +407,85 @@ def _run(config: BenchConfig, device: torch.device) -> dict[str, Any]:
             "runtime_dense_vs_hf_max_abs_diff": float((dense_out.logits.float() - hf_logits).abs().max()),
             "method_vs_hf_max_abs_diff": float((method_out.logits.float() - hf_logits).abs().max()),
         },
+        "breakdown": None if breakdown is None else _with_macs(breakdown, adapter, real_lengths, method_out),
         "command": config.command_line(),
     }
+
+
+# -- where the time goes -------------------------------------------------------------------------------------
+#: Operator names (without the ``aten::`` prefix) by the kind of work they do.
+LINEAR_OPS = frozenset({"addmm", "mm", "_mkl_linear", "mkldnn_linear", "_addmm_activation"})
+ATTENTION_OPS = frozenset({
+    "bmm", "baddbmm", "_softmax", "_softmax_out",
+    "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+    "_efficient_attention_forward", "_flash_attention_forward",
+})  # fmt: skip
+
+
+def op_kind(name: str) -> str:
+    """``linear`` (projection/FFN GEMMs), ``attention`` (QKᵀ, softmax, A·V) or ``other``."""
+    short = name.split("::", 1)[-1]
+    if short in LINEAR_OPS:
+        return "linear"
+    if short in ATTENTION_OPS:
+        return "attention"
+    return "other"
+
+
+def profile_breakdown(
+    calls: dict[str, Callable[[], Any]], device: torch.device, rounds: int = 3
+) -> dict[str, dict[str, Any]]:
+    """Mean self time per call by kind of operator, over ``rounds`` profiled calls of each variant.
+
+    Milliseconds of CPU time (device time on CUDA). The profiler adds a few microseconds per operator,
+    so read the split and the ratios between variants; take latencies from the timed rounds.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    result: dict[str, dict[str, Any]] = {}
+    for name in VARIANTS:
+        with profile(activities=activities) as prof:
+            for _ in range(rounds):
+                calls[name]()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        totals = {"linear": 0.0, "attention": 0.0, "other": 0.0}
+        operators = 0
+        for event in prof.key_averages():
+            if not event.key.startswith("aten::"):
+                continue
+            micros = event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total
+            totals[op_kind(event.key)] += micros / 1e3 / rounds
+            operators += event.count
+        result[name] = {f"{kind}_ms": round(ms, 4) for kind, ms in totals.items()}
+        result[name]["aten_ops"] = operators // rounds
+    result["profiled_calls"] = rounds  # type: ignore[assignment]
+    return result
+
+
+def _with_macs(breakdown: dict, adapter: EncoderAdapter, real_lengths: torch.Tensor, method_out: Any) -> dict:
+    """Add MACs by kind and the *linear-only* speed-up, ideal and efficiency of the method over HF dense."""
+    lengths = real_lengths.cpu()
+    shape = adapter.shape
+    dense = macs_by_kind(shape, dense_counts(lengths, shape.num_layers, readout_last=False))
+    method = macs_by_kind(shape, method_out.counts.cpu())
+    for name, macs in (("hf_dense", dense), ("method", method)):
+        breakdown[name].update({f"{kind}_macs": float(value.mean()) for kind, value in macs.items()})
+    hf, ours = breakdown["hf_dense"], breakdown["method"]
+    if ours["linear_ms"] > 0 and ours["linear_macs"] > 0:
+        speedup = hf["linear_ms"] / ours["linear_ms"]
+        ideal = hf["linear_macs"] / ours["linear_macs"]
+        breakdown["linear_speedup"] = speedup
+        breakdown["linear_ideal_speedup"] = ideal
+        breakdown["linear_efficiency"] = speedup / ideal
+    breakdown["note"] = (
+        "mean self time per call by operator kind over profiled calls (profiler overhead included); "
+        "method MACs are the encoder's own (a method's overhead, e.g. an ApproxNet, is timed but not in "
+        "its MACs here)"
+    )
+    return breakdown
 
 
 def format_summary(result: dict[str, Any]) -> str:
@@ -426,4 +510,17 @@ def format_summary(result: dict[str, Any]) -> str:
         f"| speed-up {result['speedup']:.2f}x of ideal {result['ideal_speedup']:.2f}x "
         f"-> efficiency {result['efficiency']:.2f}"
     )
+    breakdown = result.get("breakdown")
+    if breakdown:
+        for name in VARIANTS:
+            part = breakdown[name]
+            lines.append(
+                f"  profile {name:<14} linear {part['linear_ms']:.2f} | attention {part['attention_ms']:.2f} "
+                f"| other {part['other_ms']:.2f} ms | {part['aten_ops']} aten ops"
+            )
+        if "linear_efficiency" in breakdown:
+            lines.append(
+                f"  linear GEMMs alone: speed-up {breakdown['linear_speedup']:.2f}x of ideal "
+                f"{breakdown['linear_ideal_speedup']:.2f}x -> efficiency {breakdown['linear_efficiency']:.2f}"
+            )
     return "\n".join(lines)

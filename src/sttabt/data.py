@@ -410,9 +410,7 @@ def encode(tokenizer: Any, examples: Sequence[Example], max_length: int) -> list
     texts_b = [ex.text_b for ex in examples] if pair else None
     enc = tokenizer(texts_a, texts_b, truncation=True, max_length=max_length)
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
-    return [
-        {**{k: list(enc[k][i]) for k in keys}, "label": ex.label} for i, ex in enumerate(examples)
-    ]
+    return [{**{k: list(enc[k][i]) for k in keys}, "label": ex.label} for i, ex in enumerate(examples)]
 
 
 def collate(features: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:

@@ -357,6 +357,7 @@ class SparseEncoder:
         width = outputs.positions.shape[1]
         return torch.cat([_fit_rows(c, width) for c in contexts]), out_mask, outputs, rel, collected
 
+
 def _scatter_attention(probs: torch.Tensor, view: LayerView, length: int) -> torch.Tensor:
     """Place compact attention ``(B, H, n_q, n_k)`` into a full ``(B, H, T, T)`` map (zeros elsewhere)."""
     batch, heads = probs.shape[:2]

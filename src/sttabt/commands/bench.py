@@ -42,6 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=10, help="timed rounds (each times all three variants)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also profile one call per variant and report time by kind of work (linear, attention, other)",
+    )
     p.add_argument("--output", required=True, help="where to write the JSON result")
     p.set_defaults(func=run)
 
@@ -65,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         threads=args.threads,
         seed=args.seed,
+        breakdown=args.breakdown,
         output=args.output,
     )
     result = run_benchmark(config)

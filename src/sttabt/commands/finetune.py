@@ -32,21 +32,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="training batch size per process")
     p.add_argument("--eval-batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, default=128, help="truncate inputs to this many tokens")
-    p.add_argument("--max-train-examples", type=int, default=None,
-                   help="use only the first N examples of the train split (before the held-out slice)")
-    p.add_argument("--heldout-fraction", type=float, default=0.1,
-                   help="fraction of train held out for model selection (0: keep the last epoch)")
+    p.add_argument(
+        "--max-train-examples",
+        type=int,
+        default=None,
+        help="use only the first N examples of the train split (before the held-out slice)",
+    )
+    p.add_argument(
+        "--heldout-fraction",
+        type=float,
+        default=0.1,
+        help="fraction of train held out for model selection (0: keep the last epoch)",
+    )
     p.add_argument("--max-heldout-examples", type=int, default=None, help="cap the held-out slice")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="mixed precision for the forward/backward pass; weights stay fp32. bf16 on a "
-                        "CPU without native bf16 (AVX2 only) is many times slower than fp32")
+    p.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16"],
+        help="mixed precision for the forward/backward pass; weights stay fp32. bf16 on a "
+        "CPU without native bf16 (AVX2 only) is many times slower than fp32",
+    )
     p.add_argument("--warmup-ratio", type=float, default=0.06)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: off)")
-    p.add_argument("--group-by-length", action="store_true",
-                   help="batch examples of similar length together (much less padding; faster on CPU)")
+    p.add_argument(
+        "--group-by-length",
+        action="store_true",
+        help="batch examples of similar length together (much less padding; faster on CPU)",
+    )
     p.add_argument("--no-dev-eval", action="store_true", help="skip the final dev-split evaluation")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (off anyway without a TTY)")
     p.set_defaults(func=run)

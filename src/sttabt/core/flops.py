@@ -62,6 +62,20 @@ def layer_costs(shape: EncoderShape, counts: torch.Tensor) -> tuple[torch.Tensor
     return macs, elementwise
 
 
+def macs_by_kind(shape: EncoderShape, counts: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-sample encoder MACs split into ``linear`` (projections, FFN, head) and ``attention`` (QKᵀ, A·V).
+
+    The split matters for wall clock: the two kinds run in different kernels whose efficiency depends
+    differently on the token counts (small-row GEMMs are far less efficient than large ones on CPU).
+    """
+    c = counts.double()
+    n_k, n_q, n_o = c[..., 0], c[..., 1], c[..., 2]
+    d, d_ff = shape.hidden_size, shape.intermediate_size
+    linear = (n_q + 2 * n_k + n_o) * d * d + 2 * n_o * d * d_ff
+    attention = (n_q + n_o) * n_k * d
+    return {"linear": linear.sum(dim=-1) + shape.head_macs, "attention": attention.sum(dim=-1)}
+
+
 @dataclass(frozen=True)
 class CostReport:
     """Per-example cost; tensors have one entry per sample."""

@@ -486,6 +486,7 @@ def distill(config: DistillConfig) -> dict[str, Any]:
     dev_ex = load_examples(spec.name, "dev", config.data_dir, limit=config.quality_examples)
     train_f = encode(tokenizer, train_ex, config.max_length)
     held_f = encode(tokenizer, held_ex, config.max_length)
+
     # Quality is a per-example mean, so evaluation batches can be grouped by length (less padding).
     def by_length(feats: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return sorted(feats, key=lambda f: len(f["input_ids"]))
@@ -584,6 +585,7 @@ def distill(config: DistillConfig) -> dict[str, Any]:
                  qualities["general"]["mse"])  # fmt: skip
 
     if config.epochs > 0:
+
         def task_batches(epoch: int) -> Iterator[Batch]:
             seed = config.seed * 7919 + 1000 + epoch
             return length_grouped_batches(train_f, config.batch_size, pad_id, seed=seed)

@@ -399,9 +399,11 @@ def _evaluate(
 
 def _save(model: Any, tokenizer: Any, output: str, record: dict[str, Any]) -> None:
     """Write model (safetensors), tokenizer and log into a temp dir that replaces ``output`` at once."""
-    kwargs = {"safe_serialization": True} if "safe_serialization" in inspect.signature(
-        model.save_pretrained
-    ).parameters else {}  # transformers >= 5 always writes safetensors and has no such flag
+    kwargs = (
+        {"safe_serialization": True}
+        if "safe_serialization" in inspect.signature(model.save_pretrained).parameters
+        else {}
+    )  # transformers >= 5 always writes safetensors and has no such flag
     with atomic_directory(output) as tmp:
         model.save_pretrained(tmp, **kwargs)
         tokenizer.save_pretrained(tmp)
