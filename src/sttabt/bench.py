@@ -337,8 +337,10 @@ def _run(config: BenchConfig, device: torch.device) -> dict[str, Any]:
     with torch.inference_mode(), autocast(device, config.dtype):
         samples, outputs = measure(calls, config.warmup, config.repeats, _synchronizer(device))
         breakdown = None
-        if config.breakdown:
-            breakdown = profile_breakdown(calls, device, rounds=min(3, config.repeats))
+        if config.breakdown:  # up to 3 profiled calls each, fewer where one call takes seconds
+            slowest = max(float(np.median(times)) for times in samples.values())
+            rounds = max(1, min(3, config.repeats, int(3000.0 / max(slowest, 1e-3))))
+            breakdown = profile_breakdown(calls, device, rounds=rounds)
     load_end = _load_average()
 
     timings = {name: _stats(samples[name]) for name in VARIANTS}
