@@ -25,9 +25,9 @@ has sweep-sst2 && run sweep --model $A/minilm-sst2 --task sst2 --approx $A/appro
   --batch-size 64 --output-dir $R/sst2 --no-progress
 if has bench-sst2; then
   run bench --model $A/minilm-sst2 --method abt --approx $A/approx-sst2-f4 --keep 0.3 --batch-size 1 \
-    --seq-len 64 --warmup 3 --repeats 15 --threads 2 --output $R/sst2/bench_abt_k0.3_b1.json
+    --seq-len 64 --warmup 3 --repeats 15 --threads 1 --breakdown --output $R/sst2/bench_abt_k0.3_b1.json
   run bench --model $A/minilm-sst2 --method abt --approx $A/approx-sst2-f4 --keep 0.3 --batch-size 32 \
-    --seq-len 64 --warmup 2 --repeats 8 --threads 2 --output $R/sst2/bench_abt_k0.3_b32.json
+    --seq-len 64 --warmup 2 --repeats 8 --threads 1 --breakdown --output $R/sst2/bench_abt_k0.3_b32.json
 fi
 
 # -- BBC News (long documents; evaluated at max length 512) -------------------------------------------------
@@ -39,7 +39,7 @@ has sweep-bbc && run sweep --model $A/minilm-bbc --task bbc --split test --appro
   --max-length 512 --batch-size 16 --keeps ${BBC_KEEPS:-0.05,0.1,0.2,0.3,0.5} --output-dir $R/bbc --no-progress
 if has bench-bbc; then
   run bench --model $A/minilm-bbc --method abt --approx $A/approx-bbc-f4 --keep 0.1 --batch-size 1 \
-    --seq-len 512 --warmup 2 --repeats 8 --threads 2 --output $R/bbc/bench_abt_k0.1_b1.json
+    --seq-len 512 --warmup 2 --repeats 10 --threads 1 --breakdown --output $R/bbc/bench_abt_k0.1_b1.json
   run bench --model $A/minilm-bbc --method abt --approx $A/approx-bbc-f4 --keep 0.1 --batch-size 32 \
-    --seq-len 512 --warmup 1 --repeats 3 --threads 2 --output $R/bbc/bench_abt_k0.1_b32.json
+    --seq-len 512 --warmup 1 --repeats 3 --threads 1 --breakdown --output $R/bbc/bench_abt_k0.1_b32.json
 fi

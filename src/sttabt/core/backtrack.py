@@ -105,12 +105,15 @@ def backtrack(
             raise ValueError(
                 f"attention of layer {layer} has shape {tuple(probs.shape)}, expected (B, H, T, T)"
             )
-        head = probs.mean(dim=1) if head_reduction == "mean" else probs.amax(dim=1)  # (B, Tq, Tk)
+        if probs.shape[1] == 1:  # already reduced over heads (the lean ApproxNet / oracle recorders)
+            head = probs[:, 0]
+        else:
+            head = probs.mean(dim=1) if head_reduction == "mean" else probs.amax(dim=1)  # (B, Tq, Tk)
         row_weight = needed.float() * ((1.0 - p) + p * impact)  # (B, Tq); zero off S_{l+1}
         if token_reduction == "mean":
-            score = torch.einsum("bq,bqk->bk", row_weight, head) / needed.float().sum(1, keepdim=True).clamp(
-                min=1
-            )
+            # A batched vector-matrix product: one pass over the maps (einsum picks a slow path here).
+            weighted_sum = torch.bmm(row_weight.unsqueeze(1), head).squeeze(1)
+            score = weighted_sum / needed.float().sum(1, keepdim=True).clamp(min=1)
         else:
             weighted = head * row_weight.unsqueeze(-1)
             score = weighted.masked_fill(~needed.unsqueeze(-1), -math.inf).amax(dim=1)
