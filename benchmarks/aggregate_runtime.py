@@ -38,6 +38,12 @@ def _keep_number(keep: Any) -> float:
     return float(keep) if isinstance(keep, int | float) else 0.0
 
 
+def _max_load(load_average: dict[str, list[float] | None] | None) -> float | None:
+    """The largest 1-minute load average recorded before or after a run."""
+    values = [point[0] for point in (load_average or {}).values() if point]
+    return max(values) if values else None
+
+
 def row(name: str, result: dict[str, Any]) -> dict[str, Any]:
     timings = result["timings"]
     target = efficiency_target(int(result["batch_size"]))
@@ -52,6 +58,8 @@ def row(name: str, result: dict[str, Any]) -> dict[str, Any]:
         "dtype": result["dtype"],
         "device": result["device"],
         "device_name": result.get("device_info", {}).get("name"),
+        "cpu_features": result.get("device_info", {}).get("features"),
+        "load_average_max": _max_load(result.get("load_average")),
         "threads": result["threads"],
         "repeats": result["repeats"],
         "dense_ms": timings["hf_dense"]["median_ms"],
@@ -78,11 +86,18 @@ def load_rows(folder: Path) -> list[dict[str, Any]]:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    devices = sorted({f"{r['device']} ({r['device_name']}), {r['threads']} threads" for r in rows})
+    def describe(r: dict[str, Any]) -> str:
+        features = f", features {' '.join(r['cpu_features'])}" if r.get("cpu_features") else ""
+        return f"{r['device']} ({r['device_name']}{features}), {r['threads']} threads"
+
+    devices = sorted({describe(r) for r in rows})
+    loads = [r["load_average_max"] for r in rows if r.get("load_average_max") is not None]
+    load = f" 1-minute load average during the runs: at most {max(loads):.2f}." if loads else ""
     lines = [
         "# Runtime wall-clock benchmark",
         "",
-        f"Device: {'; '.join(devices) or 'n/a'}. Times are medians in ms. Dense = the unmodified HF forward; "
+        f"Device: {'; '.join(devices) or 'n/a'}.{load} Times are medians in ms. "
+        "Dense = the unmodified HF forward; "
         "speed-up = dense / method; ideal = dense FLOPs / method FLOPs (incl. method overhead); "
         "efficiency = speed-up / ideal. Targets: ≥ 0.85 at batch 32, ≥ 0.7 at batch 1. "
         "GEMM eff. = the same efficiency for the linear layers' matrix products alone (from one profiled "

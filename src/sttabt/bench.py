@@ -245,21 +245,36 @@ def measure(
     return samples, outputs
 
 
-def _cpu_name() -> str:
+def _cpuinfo_field(name: str) -> str | None:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             for line in handle:
-                if line.lower().startswith("model name"):
+                if line.lower().startswith(name):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def _cpu_name() -> str:
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+#: CPU features that decide reduced-precision speed (bf16 autocast is slow without native bf16).
+CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
 def device_info(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         return {"type": "cuda", "name": torch.cuda.get_device_name(device), "index": device.index}
-    return {"type": "cpu", "name": _cpu_name(), "cpu_count": os.cpu_count()}
+    flags = set((_cpuinfo_field("flags") or "").split())
+    return {
+        "type": "cpu",
+        "name": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "features": [feature for feature in CPU_FEATURES if feature in flags],
+    }
 
 
 def _load_average() -> list[float] | None:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from sttabt.adapters.base import EncoderAdapter
 from sttabt.core.flops import CostReport, EncoderShape, encoder_cost
-from sttabt.core.tokens import CompactIndex, compact, gather_tokens, relative_index
+from sttabt.core.tokens import CompactIndex, RowSelection, compact, expand, gather_tokens, relative_index
 from sttabt.errors import SttabtError
 
 
@@ -45,15 +45,12 @@ class LayerView:
 
     def chunk(self, samples: slice) -> LayerView:
         """The same layer seen for the samples ``samples`` of this view."""
-        return LayerView(
-            self.layer,
-            self.valid[samples],
-            self.key_mask[samples],
-            self.query_mask[samples],
-            CompactIndex(self.keys.positions[samples], self.keys.valid[samples]),
-            CompactIndex(self.queries.positions[samples], self.queries.valid[samples]),
-            samples,
-        )
+        keys = CompactIndex(self.keys.positions[samples], self.keys.valid[samples])
+        same = self.queries is self.keys  # every key is a query: keep saying so
+        queries = keys if same else CompactIndex(self.queries.positions[samples], self.queries.valid[samples])
+        key_mask = self.key_mask[samples]
+        query_mask = key_mask if same else self.query_mask[samples]
+        return LayerView(self.layer, self.valid[samples], key_mask, query_mask, keys, queries, samples)
 
 
 class TokenSelector:
@@ -81,10 +78,13 @@ class TokenSelector:
         """Whether :meth:`after_attention` needs layer ``layer``'s attention probabilities."""
         return False
 
-    def after_attention(self, view: LayerView, probs: torch.Tensor) -> torch.Tensor | None:
+    def after_attention(self, view: LayerView, probs: torch.Tensor) -> torch.Tensor | RowSelection | None:
         """Online decision after attention: the tokens that continue (``None`` = all query rows).
 
-        ``probs`` is ``(b, H, n_q, n_k)`` in the compact layouts ``view.queries`` / ``view.keys``. The
+        Either a ``(b, T)`` membership mask, or a :class:`~sttabt.core.tokens.RowSelection` of rows of
+        ``view.queries`` (cheaper: no round trip through masks; :func:`~sttabt.core.tokens.top_rows`
+        builds one from per-row scores). ``probs`` is ``(b, H, n_q, n_k)`` in the compact layouts
+        ``view.queries`` / ``view.keys``. The
         runtime calls this once per *chunk of samples* (``view.samples``), so a decision must depend on
         each sample alone, which batch invariance requires anyway. Also called for the last layer (whose
         only query is CLS) when :meth:`wants_attention` says so; a selection returned there is ignored.
@@ -141,16 +141,19 @@ class SparseOutput:
         return (layers / self.real_lengths.double().unsqueeze(1)).mean(dim=1)
 
 
-def attention_probs(q: torch.Tensor, k: torch.Tensor, key_valid: torch.Tensor, scale: float) -> torch.Tensor:
+def attention_probs(
+    q: torch.Tensor, k: torch.Tensor, key_valid: torch.Tensor, scale: float, keys_full: bool | None = None
+) -> torch.Tensor:
     """Softmax attention probabilities ``(B, H, n_q, n_k)`` in float32 over compact keys with a key mask.
 
     Without autograd the softmax runs in place on the score buffer: one large allocation instead of two,
-    which matters on CPU where a fresh multi-MB buffer costs page faults on first touch.
+    which matters on CPU where a fresh multi-MB buffer costs page faults on first touch. ``keys_full``
+    says that no key is padding, when the caller already knows.
     """
     scores = torch.matmul(q * scale, k.transpose(-1, -2))
     if scores.dtype != torch.float32:
         scores = scores.float()
-    if not bool(key_valid.all()):
+    if not (bool(key_valid.all()) if keys_full is None else keys_full):
         scores = scores.masked_fill(~key_valid[:, None, None, :], float("-inf"))
     if scores.requires_grad:
         return scores.softmax(dim=-1)
@@ -158,10 +161,10 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, key_valid: torch.Tensor, s
 
 
 def fused_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor, scale: float, dropout_p: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keys: CompactIndex, scale: float, dropout_p: float
 ) -> torch.Tensor:
     """``scaled_dot_product_attention`` over compact keys; no mask at all when no key is padding."""
-    mask = None if bool(key_valid.all()) else key_valid[:, None, None, :]
+    mask = None if keys.full else keys.valid[:, None, None, :]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
 
 
@@ -275,7 +278,7 @@ class SparseEncoder:
             out_mask, outputs = query_mask, queries
             wants = selector.wants_attention(layer)
             if not (collect_attentions or wants):
-                ctx = fused_attention(q, k, v, keys.valid, scale, drop)
+                ctx = fused_attention(q, k, v, keys, scale, drop)
             else:
                 view = LayerView(layer, valid, key_mask, query_mask, keys, queries)
                 online = selector if wants else None
@@ -326,36 +329,70 @@ class SparseEncoder:
         batch, heads, n_q, _ = q.shape
         step = max(1, self.attention_chunk_elements // max(1, heads * n_q * k.shape[2]))
         length = view.valid.shape[1]
-        contexts, out_masks, maps = [], [], []
-        outputs, rel = view.queries, None
+        contexts, kept, maps = [], [], []
         for start in range(0, batch, step):
             rows = slice(start, min(start + step, batch))
             part = view if step >= batch else view.chunk(rows)
-            probs = attention_probs(q[rows], k[rows], part.keys.valid, scale)
+            probs = attention_probs(q[rows], k[rows], part.keys.valid, scale, part.keys.full)
             if collect:
                 maps.append(_scatter_attention(probs, part, length))
             chosen = selector.after_attention(part, probs) if selector is not None else None
-            out_mask = part.query_mask
-            if chosen is not None and prune:
-                out_mask = _restrict(chosen, part.query_mask, readout[rows], "after_attention")
-                outputs = compact(out_mask)
-                rel = relative_index(part.query_mask, outputs)
-                probs = _rows(probs, rel)
+            selection = _selected_rows(chosen, part, readout[rows]) if chosen is not None and prune else None
+            if selection is not None:
+                probs = _rows(probs, selection[0])
             if dropout_p > 0:
                 probs = F.dropout(probs, p=dropout_p)
             contexts.append(torch.matmul(probs.to(v.dtype), v[rows]))
-            out_masks.append(out_mask)
+            kept.append(selection)
         collected = (maps[0] if len(maps) == 1 else torch.cat(maps)) if collect else None
-        if len(contexts) == 1:
-            return contexts[0], out_masks[0], outputs, rel, collected
-        if rel is None:
-            return torch.cat(contexts), view.query_mask, view.queries, None, collected
+        if all(selection is None for selection in kept):
+            context = contexts[0] if len(contexts) == 1 else torch.cat(contexts)
+            return context, view.query_mask, view.queries, None, collected
+        if len(kept) == 1:
+            rel, outputs, out_mask = kept[0]
+            return contexts[0], out_mask, outputs, rel, collected
         # Chunks share the layout "members sorted, left-aligned"; only their padded widths differ.
-        out_mask = torch.cat(out_masks)
-        outputs = compact(out_mask)
-        rel = relative_index(view.query_mask, outputs)
-        width = outputs.positions.shape[1]
+        parts = [
+            _all_rows(view.chunk(slice(i * step, (i + 1) * step))) if selection is None else selection
+            for i, selection in enumerate(kept)
+        ]
+        width = max(int(part[1].valid.sum(dim=1).max()) for part in parts)
+        rel = torch.cat([_fit_columns(part[0], width) for part in parts])
+        outputs = CompactIndex(
+            torch.cat([_fit_columns(part[1].positions, width) for part in parts]),
+            torch.cat([_fit_columns(part[1].valid, width) for part in parts]),
+        )
+        out_mask = torch.cat([part[2] for part in parts])
         return torch.cat([_fit_rows(c, width) for c in contexts]), out_mask, outputs, rel, collected
+
+
+def _selected_rows(
+    chosen: torch.Tensor | RowSelection, view: LayerView, readout: torch.Tensor
+) -> tuple[torch.Tensor, CompactIndex, torch.Tensor]:
+    """A selector's choice as (rows of the query layout, output layout, output mask), checked."""
+    if isinstance(chosen, RowSelection):
+        if chosen.rows.shape[1] == 0 or bool(chosen.rows[:, 0].any()):
+            raise SttabtError("after_attention must keep row 0 (the readout token) of every sample")
+        positions = view.queries.positions.gather(1, chosen.rows)
+        outputs = CompactIndex(torch.where(chosen.valid, positions, 0), chosen.valid)
+        return chosen.rows, outputs, expand(outputs, view.valid.shape[1])
+    out_mask = _restrict(chosen, view.query_mask, readout, "after_attention")
+    outputs = compact(out_mask)
+    return relative_index(view.query_mask, outputs), outputs, out_mask
+
+
+def _all_rows(view: LayerView) -> tuple[torch.Tensor, CompactIndex, torch.Tensor]:
+    """The identity selection of a chunk that kept every query row."""
+    width = view.queries.positions.shape[1]
+    rel = torch.arange(width, device=view.valid.device).expand(view.valid.shape[0], width)
+    return torch.where(view.queries.valid, rel, 0), view.queries, view.query_mask
+
+
+def _fit_columns(tensor: torch.Tensor, width: int) -> torch.Tensor:
+    """Cut or zero-pad dim 1 of ``(b, m)`` to ``width`` (entries past a count are padding: 0 / False)."""
+    if tensor.shape[1] >= width:
+        return tensor[:, :width]
+    return F.pad(tensor, (0, width - tensor.shape[1]))
 
 
 def _scatter_attention(probs: torch.Tensor, view: LayerView, length: int) -> torch.Tensor:

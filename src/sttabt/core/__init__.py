@@ -2,13 +2,23 @@
 
 from sttabt.core.backtrack import BacktrackResult, backtrack
 from sttabt.core.flops import CostReport, EncoderShape, dense_cost, encoder_cost
-from sttabt.core.tokens import CompactIndex, compact, expand, gather_tokens, keep_counts, topk_mask
+from sttabt.core.tokens import (
+    CompactIndex,
+    RowSelection,
+    compact,
+    expand,
+    gather_tokens,
+    keep_counts,
+    top_rows,
+    topk_mask,
+)
 
 __all__ = [
     "BacktrackResult",
     "CompactIndex",
     "CostReport",
     "EncoderShape",
+    "RowSelection",
     "backtrack",
     "compact",
     "dense_cost",
@@ -16,5 +26,6 @@ __all__ = [
     "expand",
     "gather_tokens",
     "keep_counts",
+    "top_rows",
     "topk_mask",
 ]

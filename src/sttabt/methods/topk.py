@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from sttabt.core.tokens import keep_counts, scatter_scores, topk_mask
+from sttabt.core.tokens import RowSelection, keep_counts_per_layer, scatter_scores, top_rows, topk_mask
 from sttabt.errors import SttabtError
 from sttabt.methods.registry import MethodOptions, register_method
 from sttabt.runtime import LayerView, TokenSelector
@@ -54,18 +54,21 @@ class TopKSelector(TokenSelector):
         self.num_heads = num_heads
 
     def prepare(self, batch, valid: torch.Tensor) -> None:
-        real_lengths = valid.sum(dim=1)
-        self._counts = [keep_counts(ratio, real_lengths) for ratio in self.ratios]
+        self._counts = keep_counts_per_layer(self.ratios, valid.sum(dim=1))  # (L, B)
 
     def wants_attention(self, layer: int) -> bool:
         return layer < len(self.ratios) - 1  # the last layer computes CLS only anyway
 
-    def after_attention(self, view: LayerView, probs: torch.Tensor) -> torch.Tensor:
+    def after_attention(self, view: LayerView, probs: torch.Tensor) -> RowSelection | torch.Tensor:
         per_key = mean_attention_received(probs, view.queries.valid)
+        counts = self._counts[view.layer][view.samples]
+        if view.queries is view.keys:  # every current token is a query: rank the compact rows directly
+            per_key[:, 0] = float("inf")  # CLS (compact row 0) is always kept and counts towards the budget
+            return top_rows(per_key, view.keys.valid, counts, all_valid=view.keys.full)
         length = view.valid.shape[1]
         scores = scatter_scores(per_key, view.keys, length, fill=float("-inf"))
         scores[:, 0] = float("inf")  # CLS is always kept and counts towards the budget
-        return topk_mask(scores, view.query_mask, self._counts[view.layer][view.samples])
+        return topk_mask(scores, view.query_mask, counts)
 
     def count_overhead(self, counts: torch.Tensor) -> torch.Tensor:
         """Scoring per sample in every layer but the last: head and row means over n_q x n_k, ranking."""
