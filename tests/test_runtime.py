@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from sttabt.adapters.hf_text import HFTextClassifierAdapter
 from sttabt.core.backtrack import backtrack
 from sttabt.core.flops import dense_counts, encoder_cost
+from sttabt.core.tokens import RowSelection
 from sttabt.errors import SttabtError
 from sttabt.runtime import SparseEncoder, TokenSelector
 
@@ -360,12 +361,30 @@ class _HalfOfSome(TokenSelector):
         return torch.where(keep_all, view.query_mask, chosen)
 
 
+class _HalfRowsOfSome(_HalfOfSome):
+    """``_HalfOfSome`` answering with compact rows (:class:`RowSelection`) instead of masks."""
+
+    def after_attention(self, view, probs):
+        first = view.samples.start or 0
+        members = [first + i for i in range(view.valid.shape[0])]
+        if not any(m in self.prune for m in members):
+            return None
+        counts = view.queries.valid.sum(dim=1)
+        half = torch.tensor(
+            [(int(c) + 1) // 2 if m in self.prune else int(c) for m, c in zip(members, counts, strict=True)]
+        )
+        width = view.queries.positions.shape[1]
+        rows = torch.arange(width).expand(len(members), width)
+        valid = rows < half.unsqueeze(1)
+        return RowSelection(torch.where(valid, rows, 0), valid)
+
+
 def _chunk_budgets(heads: int, width: int) -> list[int]:
     per_sample = heads * width * width
     return [1, 2 * per_sample, 3 * per_sample]  # chunks of 1, 2 and 3 samples
 
 
-@pytest.mark.parametrize("method", ["topk", "half-of-some", "abt-oracle"])
+@pytest.mark.parametrize("method", ["topk", "half-of-some", "half-rows-of-some", "abt-oracle"])
 def test_chunked_attention_equals_whole_batch(helpers, method):
     """Bounding the probabilities held at once (chunks of samples) changes nothing in the result."""
     from sttabt.methods import MethodOptions, build_selector
@@ -378,6 +397,8 @@ def test_chunked_attention_equals_whole_batch(helpers, method):
     def make():
         if method == "half-of-some":
             return _HalfOfSome({0, 3})
+        if method == "half-rows-of-some":
+            return _HalfRowsOfSome({0, 3})
         return build_selector(method, adapter, MethodOptions(keep=0.4))
 
     with torch.no_grad():
@@ -408,6 +429,91 @@ def test_chunked_attention_mixing_pruned_and_unpruned_chunks_matches_reference(h
             assert out.key_sets[1][b].sum() == (n + 1) // 2
         else:
             assert out.key_sets[1][b].sum() == n
+
+
+@pytest.mark.parametrize("budget", [1, 1 << 30], ids=["chunked", "whole"])
+def test_row_selections_equal_mask_selections(helpers, budget):
+    """An online choice given as compact rows runs exactly like the same choice given as a mask."""
+    model = helpers.make_model(helpers.TinySpec(layers=3, heads=2, head_dim=4, seed=45))
+    runtime = SparseEncoder(HFTextClassifierAdapter(model), attention_chunk_elements=budget)
+    batch = helpers.make_batch(model, LENGTHS, width=max(LENGTHS) + 2, seed=46)
+    with torch.no_grad():
+        by_rows = runtime(batch, _HalfRowsOfSome({1, 3, 4}))
+        by_mask = runtime(batch, _HalfOfSome({1, 3, 4}))
+        expected = helpers.masked_reference(model, batch, by_rows.key_sets)
+    torch.testing.assert_close(by_rows.logits, by_mask.logits, atol=ATOL, rtol=0)
+    torch.testing.assert_close(by_rows.logits, expected, atol=ATOL, rtol=0)
+    assert torch.equal(by_rows.counts, by_mask.counts)
+    for b in range(len(LENGTHS)):
+        assert kept(by_rows.key_sets, b) == kept(by_mask.key_sets, b)
+
+
+class _DropsCls(TokenSelector):
+    def wants_attention(self, layer):
+        return True
+
+    def after_attention(self, view, probs):
+        width = view.queries.positions.shape[1]
+        rows = torch.arange(1, width).expand(view.valid.shape[0], width - 1)  # every row but row 0
+        return RowSelection(rows, torch.ones_like(rows, dtype=torch.bool))
+
+
+def test_runtime_rejects_a_row_selection_without_the_readout_token(helpers):
+    model = helpers.make_model(helpers.TinySpec(layers=2, heads=2, head_dim=4, seed=47))
+    runtime = SparseEncoder(HFTextClassifierAdapter(model))
+    batch = helpers.make_batch(model, [6, 4], seed=48)
+    with pytest.raises(SttabtError, match="row 0"), torch.no_grad():
+        runtime(batch, _DropsCls())
+
+
+def test_topk_by_rows_equals_topk_by_masks(helpers):
+    """Top-k ranks compact rows directly; the result equals ranking at original positions (the old path)."""
+    from sttabt.core.tokens import scatter_scores, topk_mask
+    from sttabt.methods import MethodOptions, build_selector
+    from sttabt.methods.topk import TopKSelector, mean_attention_received
+
+    class MaskTopK(TopKSelector):
+        def after_attention(self, view, probs):
+            per_key = mean_attention_received(probs, view.queries.valid)
+            scores = scatter_scores(per_key, view.keys, view.valid.shape[1], fill=float("-inf"))
+            scores[:, 0] = float("inf")
+            return topk_mask(scores, view.query_mask, self._counts[view.layer][view.samples])
+
+    model = helpers.make_model(helpers.TinySpec(layers=4, heads=2, head_dim=4, seed=49))
+    adapter = HFTextClassifierAdapter(model)
+    runtime = SparseEncoder(adapter)
+    batch = helpers.make_batch(model, LENGTHS, width=max(LENGTHS) + 2, seed=50)
+    for options in (dict(keep=0.4), dict(keep=[0.9, 0.5, 0.7, 0.3]), dict(keep=0.5, schedule="reference")):
+        fast = build_selector("topk", adapter, MethodOptions(**options))
+        reference = MaskTopK(fast.ratios, fast.num_heads)
+        with torch.no_grad():
+            got, expected = runtime(batch, fast), runtime(batch, reference)
+        torch.testing.assert_close(got.logits, expected.logits, atol=ATOL, rtol=0)
+        for b in range(len(LENGTHS)):
+            assert kept(got.key_sets, b) == kept(expected.key_sets, b), options
+
+
+@pytest.mark.parametrize("method", ["dense", "topk"])
+def test_runtime_composes_with_bf16_autocast(helpers, method):
+    """Under bf16 autocast the runtime follows HF's own bf16 forward and prunes exactly as many tokens."""
+    from sttabt.methods import MethodOptions, build_selector
+    from sttabt.utils import inference
+
+    model = helpers.make_model(helpers.TinySpec(layers=3, heads=2, head_dim=8, seed=51))
+    adapter = HFTextClassifierAdapter(model)
+    runtime = SparseEncoder(adapter)
+    batch = helpers.make_batch(model, LENGTHS, width=max(LENGTHS) + 2, seed=52)
+    options = MethodOptions(keep=0.5) if method == "topk" else MethodOptions()
+    with torch.no_grad():
+        fp32 = runtime(batch, build_selector(method, adapter, options))
+    with inference(torch.device("cpu"), "bf16"):
+        out = runtime(batch, build_selector(method, adapter, options))
+        hf = model(**batch).logits
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.logits.float()).all()
+    assert torch.equal(out.counts, fp32.counts)  # budgets are counts of real tokens, whatever the dtype
+    if method == "dense":
+        torch.testing.assert_close(out.logits.float(), hf.float(), atol=3e-2, rtol=0)
+    assert (out.logits.float() - fp32.logits).abs().max() < 0.1
 
 
 def test_runtime_rejects_a_non_positive_chunk_budget(helpers):

@@ -17,8 +17,10 @@ from sttabt.core.tokens import (
     expand,
     gather_tokens,
     keep_counts,
+    keep_counts_per_layer,
     relative_index,
     scatter_scores,
+    top_rows,
     topk_mask,
 )
 
@@ -91,6 +93,15 @@ def test_compact_is_batch_independent(mask):
         alone = compact(mask[b : b + 1])
         n = int(alone.counts[0])
         assert torch.equal(full.positions[b, :n], alone.positions[0, :n])
+
+
+@settings(max_examples=40, deadline=None)
+@given(masks(min_batch=1))
+def test_compact_index_full_says_whether_any_entry_is_padding(mask):
+    index = compact(mask)
+    assert index.full == bool(index.valid.all())
+    if mask.shape[0] == 1:  # one sample is never padded
+        assert index.full
 
 
 def test_compact_rejects_non_2d():
@@ -193,6 +204,53 @@ def test_topk_mask_matches_sorted_reference(eligible, seed):
         assert set(chosen[b].nonzero().flatten().tolist()) == expected
 
 
+# -- top_rows (online selections in a compact layout) ---------------------------------------------------
+def test_top_rows_hand_example():
+    scores = torch.tensor([[0.5, 0.9, 0.5, 0.5, 0.9, 0.1], [3.0, 1.0, 2.0, 0.0, 0.0, 0.0]])
+    valid = _mask([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    selection = top_rows(scores, valid, torch.tensor([4, 5]))
+    # Row 0: 0.9 at 1 and 4, then the 0.5s at 0 and 2 (ties towards the lower index), in compact order.
+    # Row 1: only three valid entries, so the count is clipped to 3; padding entries are 0 / invalid.
+    assert selection.rows.tolist() == [[0, 1, 2, 4], [0, 1, 2, 0]]
+    assert selection.valid.tolist() == [[True] * 4, [True, True, True, False]]
+    same = top_rows(scores, valid, torch.tensor([4, 5]), all_valid=False)
+    assert torch.equal(same.rows, selection.rows) and torch.equal(same.valid, selection.valid)
+
+
+@settings(max_examples=80, deadline=None)
+@given(masks(min_batch=1), st.integers(0, 2**31 - 1))
+def test_top_rows_equals_topk_mask_at_original_positions(members, seed):
+    """Ranking a compact layout's rows picks exactly what topk_mask picks over the original positions."""
+    gen = torch.Generator().manual_seed(seed)
+    index = compact(members)
+    batch, width = index.positions.shape
+    scores = torch.randint(0, 4, (batch, width), generator=gen).float()  # frequent ties
+    counts = torch.randint(1, members.shape[1] + 2, (batch,), generator=gen)
+    if width == 0:
+        return
+    selection = top_rows(scores, index.valid, counts)
+    at_positions = scatter_scores(scores, index, members.shape[1], fill=-math.inf)
+    expected = topk_mask(at_positions, members, counts)
+    chosen = CompactIndex(index.positions.gather(1, selection.rows), selection.valid)
+    assert torch.equal(expand(chosen, members.shape[1]), expected)
+    for b in range(batch):  # ascending valid rows, left-aligned, padding 0
+        n = int(selection.valid[b].sum())
+        assert selection.valid[b, :n].all() and not selection.valid[b, n:].any()
+        rows = selection.rows[b, :n].tolist()
+        assert rows == sorted(set(rows)) and selection.rows[b, n:].eq(0).all()
+
+
+def test_top_rows_ties_do_not_depend_on_the_batch():
+    row = torch.tensor([[0.2, 0.7, 0.2, 0.7, 0.2, 0.7]])
+    alone = top_rows(row, torch.ones(1, 6, dtype=torch.bool), torch.tensor([4]))
+    # In a batch the row is padded to 8 entries whose (invalid) scores would otherwise win.
+    high = torch.nn.functional.pad(row, (0, 2), value=5.0)
+    padded = torch.cat([torch.rand(2, 8, generator=torch.Generator().manual_seed(1)), high])
+    valid = torch.cat([torch.ones(2, 8, dtype=torch.bool), _mask([[1] * 6 + [0, 0]])])
+    together = top_rows(padded, valid, torch.tensor([3, 8, 4]))
+    assert together.rows[2, :4].tolist() == alone.rows[0].tolist() == [0, 1, 3, 5]
+
+
 # -- keep_counts ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("keep", "lengths", "expected"),
@@ -221,6 +279,21 @@ def test_keep_counts_is_exact_ceil_on_a_decimal_grid():
 def test_keep_counts_rejects_ratios_outside_unit_interval(keep):
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         keep_counts(keep, torch.tensor([10]))
+
+
+def test_keep_counts_per_layer_equals_keep_counts_per_ratio():
+    lengths = torch.tensor([1, 7, 10, 128, 0])
+    ratios = [1.0, 0.5, 0.3, 0.1, 1e-6]
+    table = keep_counts_per_layer(ratios, lengths)
+    assert table.shape == (5, 5)
+    for layer, keep in enumerate(ratios):
+        assert table[layer].tolist() == keep_counts(keep, lengths).tolist()
+
+
+@pytest.mark.parametrize("keep", [0.0, 1.5, float("nan")])
+def test_keep_counts_per_layer_rejects_ratios_outside_unit_interval(keep):
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        keep_counts_per_layer([0.5, keep], torch.tensor([10]))
 
 
 # -- scatter_scores -------------------------------------------------------------------------------------

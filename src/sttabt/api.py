@@ -64,7 +64,9 @@ class PrunedClassifier:
         )
         return build_selector(self.method, self.adapter, options)
 
-    @torch.inference_mode()
+    # no_grad rather than inference_mode: under inference mode a caller's autocast context would re-cast
+    # every weight on every call instead of reusing its copies (see sttabt.utils.inference).
+    @torch.no_grad()
     def __call__(self, batch: Mapping[str, torch.Tensor]) -> SparseOutput:
         device = self.adapter.device
         inputs = {

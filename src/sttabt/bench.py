@@ -39,7 +39,7 @@ from sttabt.core.flops import dense_cost, dense_counts, macs_by_kind
 from sttabt.errors import SttabtError
 from sttabt.methods.registry import MethodOptions, build_selector, validate_method
 from sttabt.runtime import SparseEncoder
-from sttabt.utils import DTYPES, atomic_write_json, autocast, resolve_device, set_seed
+from sttabt.utils import DTYPES, atomic_write_json, autocast, inference, resolve_device, set_seed
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +349,7 @@ def _run(config: BenchConfig, device: torch.device) -> dict[str, Any]:
         config.model, config.method, device, config.dtype, config.batch_size, config.seq_len,
         config.warmup, config.repeats,
     )  # fmt: skip
-    with torch.inference_mode(), autocast(device, config.dtype):
+    with inference(device, config.dtype):
         samples, outputs = measure(calls, config.warmup, config.repeats, _synchronizer(device))
         breakdown = None
         if config.breakdown:  # up to 3 profiled calls each, fewer where one call takes seconds
@@ -404,7 +404,11 @@ def _run(config: BenchConfig, device: torch.device) -> dict[str, Any]:
             "same process and inputs; round-robin over variants with the order rotated each round; "
             "time.perf_counter around each call"
             + (" with torch.cuda.synchronize before and after" if device.type == "cuda" else "")
-            + "; torch.inference_mode and autocast"
+            + (
+                "; torch.inference_mode"
+                if config.dtype == "fp32"
+                else f"; torch.no_grad and {config.dtype} autocast (weights stay fp32, cast once per context)"
+            )
         ),
         "load_average": {"start": load_start, "end": load_end},
         "timings": timings,

@@ -22,7 +22,7 @@ from sttabt.errors import SttabtError
 from sttabt.methods import MethodOptions, build_selector
 from sttabt.methods.registry import validate_method
 from sttabt.runtime import SparseEncoder
-from sttabt.utils import atomic_write_json, atomic_write_text, autocast, resolve_device
+from sttabt.utils import atomic_write_json, atomic_write_text, inference, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def run_evaluation(config: EvalConfig, model=None, tokenizer=None) -> EvalRun:
     started = time.perf_counter()
     chunks = [order[i : i + config.batch_size] for i in range(0, count, config.batch_size)]
     bar = tqdm(chunks, desc=f"{config.method} {task.name}", unit="batch", disable=not config.progress)
-    with torch.inference_mode(), autocast(device, config.dtype):
+    with inference(device, config.dtype):
         for chunk in bar:
             batch = collate([features[i] for i in chunk], pad_id)
             batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
