@@ -61,6 +61,10 @@ def test_result_fields_and_consistency(tmp_path):
     assert saved["options"]["keep"] == 0.5 and saved["method"] == "topk"
     assert {"torch", "transformers"} <= set(saved["versions"])
     assert saved["device_info"]["name"]
+    # What decides reduced-precision speed on a CPU is recorded with every result.
+    assert saved["device_info"]["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert set(saved["device_info"]["features"]) <= {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
+    assert "inference_mode" in saved["protocol"]
 
     timings = saved["timings"]
     assert set(timings) == {"hf_dense", "runtime_dense", "method"}
@@ -242,9 +246,27 @@ def test_aggregator_writes_summary_table(tmp_path):
     for r in rows.values():
         assert r["meets_target"] == (r["efficiency"] >= r["target"])
         assert r["speedup"] == pytest.approx(r["dense_ms"] / r["method_ms"])
+        loads = [v for point in _recorded_loads(tmp_path, r["name"]) for v in point[:1]]
+        assert r["load_average_max"] == (max(loads) if loads else None)
+        assert r["cpu_features"] is not None
     table = (tmp_path / "summary.md").read_text().splitlines()
+    assert "features" in table[2] or not rows[1]["cpu_features"]
     body = [line for line in table if line.startswith("| tiny")]
     assert len(body) == 2 and "| 32 | 16 | 0.25 | fp32 |" in body[1]
+
+
+def _recorded_loads(folder, name):
+    """The load averages a result recorded, as lists (before and after)."""
+    load = json.loads((folder / f"{name}.json").read_text())["load_average"]
+    return [point for point in load.values() if point]
+
+
+def test_bf16_bench_runs_under_no_grad_autocast():
+    """bf16 timings keep autocast's weight copies for all rounds (no inference_mode, which would re-cast)."""
+    result = run_benchmark(tiny_bench(dtype="bf16", repeats=2))
+    assert result["dtype"] == "bf16" and "no_grad and bf16 autocast" in result["protocol"]
+    assert result["timings"]["method"]["median_ms"] > 0 and math.isfinite(result["efficiency"])
+    assert result["logit_check"]["runtime_dense_vs_hf_max_abs_diff"] < 0.05
 
 
 def test_breakdown_splits_time_and_macs_by_kind():
