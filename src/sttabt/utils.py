@@ -46,9 +46,9 @@ def inference(device: torch.device, dtype: str) -> Iterator[None]:
 
     With autocast this is ``torch.no_grad``, not ``torch.inference_mode``: under inference mode autocast
     does not reuse its reduced-precision copies of the weights, so every call re-casts every weight
-    (measured on a 2-core AVX512-BF16 CPU: a 768x768 linear on 32 rows took 209 µs instead of 142 µs,
-    a batch-1 bf16 BERT-base forward at 128 tokens 107 ms instead of 71 ms). Under ``no_grad`` the copies
-    live as long as the context, so keep one context around many calls.
+    (measured on a 2-core AVX512-BF16 CPU: a 768x768 linear on 32 rows took 209 µs instead of 142 µs;
+    ``benchmarks/gemm_rows.py``). Under ``no_grad`` the copies live as long as the context, so keep one
+    context around many calls.
     """
     precision = autocast(device, dtype)
     grad_off = torch.inference_mode() if dtype == "fp32" else torch.no_grad()
