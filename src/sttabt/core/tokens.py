@@ -108,10 +108,7 @@ def scatter_scores(scores: torch.Tensor, index: CompactIndex, length: int, fill:
 
 def keep_counts(keep: float, real_lengths: torch.Tensor) -> torch.Tensor:
     """``ceil(keep * n)`` per sample, at least 1 and at most ``n`` (fractions of the *real* length)."""
-    if not 0.0 < keep <= 1.0:
-        raise ValueError(f"keep ratio must be in (0, 1], got {keep}")
-    counts = torch.ceil(real_lengths.double() * keep - 1e-9).long()
-    return counts.clamp(min=1).minimum(real_lengths.long().clamp(min=1))
+    return keep_counts_per_layer([keep], real_lengths)[0]
 
 
 def keep_counts_per_layer(ratios: list[float], real_lengths: torch.Tensor) -> torch.Tensor:

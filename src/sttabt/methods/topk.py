@@ -61,13 +61,11 @@ class TopKSelector(TokenSelector):
 
     def after_attention(self, view: LayerView, probs: torch.Tensor) -> RowSelection | torch.Tensor:
         per_key = mean_attention_received(probs, view.queries.valid)
+        per_key[:, 0] = float("inf")  # CLS (compact key 0) is always kept and counts towards the budget
         counts = self._counts[view.layer][view.samples]
         if view.queries is view.keys:  # every current token is a query: rank the compact rows directly
-            per_key[:, 0] = float("inf")  # CLS (compact row 0) is always kept and counts towards the budget
             return top_rows(per_key, view.keys.valid, counts, all_valid=view.keys.full)
-        length = view.valid.shape[1]
-        scores = scatter_scores(per_key, view.keys, length, fill=float("-inf"))
-        scores[:, 0] = float("inf")  # CLS is always kept and counts towards the budget
+        scores = scatter_scores(per_key, view.keys, view.valid.shape[1], fill=float("-inf"))
         return topk_mask(scores, view.query_mask, counts)
 
     def count_overhead(self, counts: torch.Tensor) -> torch.Tensor:
