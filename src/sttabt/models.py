@@ -6,8 +6,6 @@ import logging
 import os
 from pathlib import Path
 
-from torch import nn
-
 from sttabt.adapters.hf_text import HFTextClassifierAdapter
 from sttabt.errors import SttabtError
 
@@ -56,10 +54,6 @@ def load_text_classifier(name_or_path: str, num_labels: int | None = None, probl
         raise SttabtError(f"cannot load a classifier from {name_or_path!r}: {_first_line(exc)}") from exc
     HFTextClassifierAdapter(model)  # validates the architecture early, with a clear message
     return model, tokenizer
-
-
-def text_adapter(model: nn.Module) -> HFTextClassifierAdapter:
-    return HFTextClassifierAdapter(model)
 
 
 def _first_line(exc: BaseException) -> str:

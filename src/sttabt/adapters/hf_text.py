@@ -106,8 +106,3 @@ def _embedding_projection_macs(base: nn.Module) -> int:
     project = getattr(base, "embeddings_project", None)
     return int(project.in_features * project.out_features) if isinstance(project, nn.Linear) else 0
 
-
-def is_supported_text_model(model: nn.Module) -> bool:
-    return getattr(getattr(model, "config", None), "model_type", None) in HEAD_STYLES and hasattr(
-        model, "classifier"
-    )
