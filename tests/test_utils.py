@@ -34,3 +34,26 @@ def test_fp16_on_cpu_and_unknown_dtypes_are_refused():
         pass
     with pytest.raises(SttabtError, match="unknown dtype"), inference(CPU, "int8"):
         pass
+
+
+def test_atomic_directory_never_replaces_a_file_and_leaves_no_debris(tmp_path):
+    from sttabt.utils import atomic_directory
+
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    with pytest.raises(SttabtError, match="is a file"), atomic_directory(afile) as folder:
+        (folder / "x").write_text("1")
+    assert afile.read_text() == "mine"
+    out = tmp_path / "out"
+    for value in ("1", "2"):
+        with atomic_directory(out) as folder:
+            (folder / "x").write_text(value)
+    assert (out / "x").read_text() == "2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "out"]
+
+
+def test_resolve_device_refuses_an_unknown_device_in_one_line():
+    from sttabt.utils import resolve_device
+
+    with pytest.raises(SttabtError, match="--device must be auto, cpu, cuda or cuda:N, got 'tpu'"):
+        resolve_device("tpu")

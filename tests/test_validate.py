@@ -55,10 +55,10 @@ def test_device_refuses_cuda_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SttabtError, match="CUDA is not available"):
         validate.device("cuda:0")
-    with pytest.raises(SttabtError, match="fp16 is not supported on CPU"):
+    with pytest.raises(SttabtError, match="--dtype: fp16 autocast is not supported on CPU"):
         validate.dtype("fp16", "auto", "--dtype")
     assert validate.dtype("bf16", "cpu") == "bf16"
-    with pytest.raises(SttabtError, match="--dtype must be one of"):
+    with pytest.raises(SttabtError, match="--dtype: unknown dtype"):
         validate.dtype("fp8", "cpu", "--dtype")
 
 

@@ -20,23 +20,23 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(name: str | None) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; refuses a CUDA request on a machine without one."""
-    if name in (None, "auto"):
+    """``auto`` -> CUDA when available, else CPU; an unknown name or a CUDA request without CUDA is refused
+    (:func:`sttabt.validate.device`)."""
+    from sttabt.validate import device as valid_device
+
+    text = valid_device(name, "--device")
+    if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SttabtError(f"device {name!r} requested but CUDA is not available on this machine")
-    return device
+    return torch.device(text)
 
 
 def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
     """Autocast for ``bf16``/``fp16`` (weights stay fp32); a no-op for ``fp32``."""
-    if dtype not in DTYPES:
-        raise SttabtError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    from sttabt.validate import dtype as valid_dtype
+
+    valid_dtype(dtype, device.type, "--dtype")
     if dtype == "fp32":
         return contextlib.nullcontext()
-    if dtype == "fp16" and device.type == "cpu":
-        raise SttabtError("fp16 autocast is not supported on CPU; use --dtype bf16")
     return torch.autocast(device_type=device.type, dtype=DTYPES[dtype])
 
 
@@ -101,23 +101,42 @@ def _jsonable(value: Any) -> Any:
 
 @contextlib.contextmanager
 def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success it replaces ``final`` in one rename."""
+    """Yield a temporary sibling directory; on success it replaces ``final`` (a directory or nothing).
+
+    An existing *file* at ``final`` is refused before anything is written: a file is never replaced by
+    a directory. The previous directory is moved aside under a unique hidden name, restored if the swap
+    fails, and removed afterwards, so no ``.name.old`` debris is left behind.
+    """
     import shutil
 
     final = Path(final)
+    if final.exists() and not final.is_dir():
+        raise SttabtError(f"{str(final)!r} is a file, not a directory; refusing to replace it")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     try:
         yield tmp
         os.chmod(tmp, _umask_mode(0o777))  # mkdtemp creates 0700 folders
-        if final.exists():
-            backup = final.with_name(f".{final.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            os.replace(final, backup)
-            os.replace(tmp, final)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        _swap_in(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` to ``final``; an old ``final`` directory goes aside first and is deleted after."""
+    import shutil
+
+    if not final.exists():
+        os.replace(tmp, final)
+        return
+    aside = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".old"))
+    backup = aside / "previous"
+    os.replace(final, backup)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        os.replace(backup, final)
+        shutil.rmtree(aside, ignore_errors=True)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)

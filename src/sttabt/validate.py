@@ -81,12 +81,12 @@ def keep_ratio(value: Any, name: str = "keep") -> Keep:
             parts = [float(part) for part in text.split(",")]
         except ValueError:
             raise SttabtError(
-                f"{name} must be a ratio in (0, 1], a comma list of ratios, or 'dynamic'; got {value!r}"
+                f"{name}: keep ratio must be in (0, 1], a comma list of ratios, or 'dynamic'; got {value!r}"
             ) from None
         return _ratios(parts, name, value)[0] if len(parts) == 1 else _ratios(parts, name, value)
     if isinstance(value, Sequence):
         if not value:
-            raise SttabtError(f"{name} must not be an empty list")
+            raise SttabtError(f"{name}: keep ratio list must not be empty")
         return _ratios(list(value), name, value)
     return _ratios([value], name, value)[0]
 
@@ -95,10 +95,10 @@ def _ratios(values: list[Any], name: str, original: Any) -> list[float]:
     out = []
     for item in values:
         if isinstance(item, bool) or not isinstance(item, int | float):
-            raise SttabtError(f"{name} must be a ratio in (0, 1] or 'dynamic', got {original!r}")
+            raise SttabtError(f"{name}: keep ratio must be in (0, 1] or 'dynamic', got {original!r}")
         ratio = float(item)
         if not math.isfinite(ratio) or not 0.0 < ratio <= 1.0:
-            raise SttabtError(f"{name} must be in (0, 1], got {item!r}")
+            raise SttabtError(f"{name}: keep ratio must be in (0, 1], got {item!r}")
         out.append(ratio)
     return out
 
@@ -147,9 +147,9 @@ def resolved_device_type(value: str) -> str:
 def dtype(value: Any, device_name: str = "auto", name: str = "dtype") -> str:
     """``fp32``, ``bf16`` or ``fp16``; fp16 autocast is refused on CPU (torch does not support it)."""
     if value not in DTYPE_NAMES:
-        raise SttabtError(f"{name} must be one of {', '.join(DTYPE_NAMES)}, got {value!r}")
+        raise SttabtError(f"{name}: unknown dtype {value!r}; choose one of {', '.join(DTYPE_NAMES)}")
     if value == "fp16" and resolved_device_type(device(device_name)) == "cpu":
-        raise SttabtError(f"{name} fp16 is not supported on CPU; use bf16")
+        raise SttabtError(f"{name}: fp16 autocast is not supported on CPU; use bf16")
     return value
 
 
