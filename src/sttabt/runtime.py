@@ -74,9 +74,25 @@ class TokenSelector:
         """S_{l+1}, the tokens layer l must output, known before the layer runs; ``None`` = all of S_l."""
         return None
 
+    def plan(self) -> TokenPlan | None:
+        """Every set S_0..S_L at once, when :meth:`prepare` already knows them (then :meth:`input_mask` and
+        :meth:`query_mask` are not asked): the runtime uses the plan's layouts as they are, checked once."""
+        return None
+
     def wants_attention(self, layer: int) -> bool:
         """Whether :meth:`after_attention` needs layer ``layer``'s attention probabilities."""
         return False
+
+    def wants_queries_keys(self, layer: int) -> bool:
+        """Whether :meth:`after_qkv` wants layer ``layer``'s queries and keys."""
+        return False
+
+    def after_qkv(self, view: LayerView, q: torch.Tensor, k: torch.Tensor) -> None:
+        """Sees a layer's queries ``(b, H, n_q, d_h)`` and keys ``(b, H, n_k, d_h)`` before attention.
+
+        For sources of attention rows on demand: keeping q and k costs nothing, and any attention row can
+        be recomputed from them later, while the layer itself runs fused attention (no probabilities).
+        """
 
     def after_attention(self, view: LayerView, probs: torch.Tensor) -> torch.Tensor | RowSelection | None:
         """Online decision after attention: the tokens that continue (``None`` = all query rows).
@@ -91,8 +107,12 @@ class TokenSelector:
         """
         return None
 
-    def overhead(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Per-sample ``(macs, elementwise_flops)`` this method spent on the last batch, if any."""
+    def overhead(self) -> Overhead | None:
+        """Per-sample ``(macs, elementwise_flops)`` this method spent on the last batch, if any.
+
+        May be a function returning them, so that the bookkeeping runs only when the cost is asked for,
+        outside timed forwards (it must not read state that the next batch overwrites).
+        """
         return None
 
     def count_overhead(self, counts: torch.Tensor) -> torch.Tensor | None:
@@ -101,6 +121,18 @@ class TokenSelector:
         Evaluated lazily, after the forward, so bookkeeping stays out of timed runs.
         """
         return None
+
+
+Overhead = tuple[torch.Tensor, torch.Tensor] | Callable[[], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class TokenPlan:
+    """All sets of a run, known before it: masks ``key_sets[l]`` = S_l ``(B, T)`` for l = 0..L (S_L = the
+    readout) and ``layouts[l] = compact(key_sets[l])``, so that the runtime compacts nothing itself."""
+
+    key_sets: list[torch.Tensor]
+    layouts: list[CompactIndex]
 
 
 @dataclass
@@ -112,7 +144,7 @@ class SparseOutput:
     layer_sizes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # per layer: valid masks of K, Q, O
     real_lengths: torch.Tensor  # (B,)
     shape: EncoderShape
-    overhead: tuple[torch.Tensor, torch.Tensor] | None = None
+    overhead: Overhead | None = None
     count_overhead: Callable[[torch.Tensor], torch.Tensor] | None = None
     attentions: list[torch.Tensor] = field(default_factory=list)  # when requested (dense layouts)
 
@@ -125,7 +157,8 @@ class SparseOutput:
     @cached_property
     def cost(self) -> CostReport:
         """Per-example MACs/FLOPs of this run, including the method's declared overhead."""
-        macs, flops = (None, None) if self.overhead is None else self.overhead
+        overhead = self.overhead() if callable(self.overhead) else self.overhead
+        macs, flops = (None, None) if overhead is None else overhead
         extra = None if self.count_overhead is None else self.count_overhead(self.counts)
         if extra is not None:
             flops = extra if flops is None else flops + extra
@@ -168,7 +201,7 @@ def fused_attention(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
 
 
-def _rows(tensor: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+def gather_head_rows(tensor: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
     """Gather query rows ``rel (B, m)`` of a per-head tensor ``(B, H, n, X)``.
 
     Whole rows are copied with one ``index_select`` over the flattened tensor, which is several times
@@ -191,10 +224,8 @@ def _fit_rows(tensor: torch.Tensor, width: int) -> torch.Tensor:
 
 def _take_prefix_or_gather(hidden: torch.Tensor, index: CompactIndex) -> torch.Tensor:
     """Gather the members of ``index``; a plain slice when they are the leading positions (right padding)."""
-    width = index.positions.shape[1]
-    leading = torch.arange(width, device=index.positions.device)
-    if bool(((index.positions == leading) | ~index.valid).all()):
-        return hidden[:, :width]
+    if index.prefix:
+        return hidden[:, : index.positions.shape[1]]
     return gather_tokens(hidden, index.positions)
 
 
@@ -211,6 +242,18 @@ def _restrict(requested: torch.Tensor | None, available: torch.Tensor, readout: 
     if bool((requested & ~available).any()):
         raise SttabtError(f"{what} asks for tokens that are not in the previous set (sets must be nested)")
     return requested | readout
+
+
+def _check_plan(plan: TokenPlan, valid: torch.Tensor, readout: torch.Tensor, num_layers: int) -> None:
+    """One check of a whole plan (a single host sync): nested, no padding, CLS everywhere, S_L = readout."""
+    if len(plan.key_sets) != num_layers + 1 or len(plan.layouts) != num_layers + 1:
+        raise SttabtError(f"a token plan needs {num_layers + 1} sets (S_0..S_L), got {len(plan.key_sets)}")
+    sets = torch.stack(plan.key_sets)  # (L+1, B, T)
+    broken = (sets[1:] & ~sets[:-1]).any() | (sets & ~valid).any() | ~sets[:, :, 0].all()
+    if bool(broken | (sets[-1] != readout).any()):
+        raise SttabtError(
+            "a token plan must be nested, keep CLS, hold no padding and end with the readout token"
+        )
 
 
 #: Default bound on the attention-probability elements held at once (b·H·n_q·n_k, 16 MiB in fp32).
@@ -251,8 +294,13 @@ class SparseEncoder:
 
         hidden = adapter.embed(batch)
         selector.prepare(batch, valid)
-        key_mask = _restrict(selector.input_mask(valid), valid, readout, "input_mask") & valid
-        keys = compact(key_mask)
+        plan = selector.plan()
+        if plan is not None:
+            _check_plan(plan, valid, readout, adapter.num_layers)
+            key_mask, keys = plan.key_sets[0], plan.layouts[0]
+        else:
+            key_mask = _restrict(selector.input_mask(valid), valid, readout, "input_mask") & valid
+            keys = compact(key_mask)
         hidden = _take_prefix_or_gather(hidden, keys)
 
         key_sets = [key_mask]
@@ -261,19 +309,17 @@ class SparseEncoder:
         dropout = adapter.attention_dropout if adapter.training else (lambda _layer: 0.0)
         for layer in range(adapter.num_layers):
             last = layer == adapter.num_layers - 1
-            planned = None if last else selector.query_mask(layer, key_mask)
-            if last:
-                query_mask, queries = readout, compact(readout)
-            elif planned is None:  # every current token is a query: no gather needed
-                query_mask, queries = key_mask, keys
+            if plan is not None:
+                query_mask, queries = plan.key_sets[layer + 1], plan.layouts[layer + 1]
             else:
-                query_mask = _restrict(planned, key_mask, readout, "query_mask")
-                queries = compact(query_mask)
+                query_mask, queries = self._planned_queries(selector, layer, last, key_mask, keys, readout)
             if queries is keys:
                 query_hidden = hidden
             else:
                 query_hidden = gather_tokens(hidden, relative_index(key_mask, queries))
             q, k, v = adapter.qkv(layer, hidden, query_hidden)
+            if selector.wants_queries_keys(layer):
+                selector.after_qkv(LayerView(layer, valid, key_mask, query_mask, keys, queries), q, k)
             scale, drop = adapter.attention_scale(layer), dropout(layer)
             out_mask, outputs = query_mask, queries
             wants = selector.wants_attention(layer)
@@ -305,6 +351,24 @@ class SparseEncoder:
             selector.count_overhead,
             attentions,
         )
+
+    @staticmethod
+    def _planned_queries(
+        selector: TokenSelector,
+        layer: int,
+        last: bool,
+        key_mask: torch.Tensor,
+        keys: CompactIndex,
+        readout: torch.Tensor,
+    ) -> tuple[torch.Tensor, CompactIndex]:
+        """The query set of a layer from a selector without a plan (the last layer: the readout only)."""
+        if last:
+            return readout, compact(readout)
+        planned = selector.query_mask(layer, key_mask)
+        if planned is None:  # every current token is a query: no gather needed
+            return key_mask, keys
+        query_mask = _restrict(planned, key_mask, readout, "query_mask")
+        return query_mask, compact(query_mask)
 
     def _attend_with_probs(
         self,
@@ -339,7 +403,7 @@ class SparseEncoder:
             chosen = selector.after_attention(part, probs) if selector is not None else None
             selection = _selected_rows(chosen, part, readout[rows]) if chosen is not None and prune else None
             if selection is not None:
-                probs = _rows(probs, selection[0])
+                probs = gather_head_rows(probs, selection[0])
             if dropout_p > 0:
                 probs = F.dropout(probs, p=dropout_p)
             contexts.append(torch.matmul(probs.to(v.dtype), v[rows]))

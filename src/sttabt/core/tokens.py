@@ -40,6 +40,13 @@ class CompactIndex:
         """Whether no entry is padding (asked once per index: attention then needs no key mask)."""
         return bool(self.valid.all())
 
+    @cached_property
+    def prefix(self) -> bool:
+        """Whether every member sits at its own slot (positions 0, 1, …: right padding, nothing removed),
+        so that the layout is a plain slice of the original order (asked once per index)."""
+        leading = torch.arange(self.positions.shape[1], device=self.positions.device)
+        return bool(((self.positions == leading) | ~self.valid).all())
+
     @classmethod
     def unpadded(cls, positions: torch.Tensor) -> CompactIndex:
         """An index known to hold no padding (every entry valid)."""

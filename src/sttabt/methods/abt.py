@@ -1,104 +1,112 @@
 """STTABT attention back-tracking (ABT), training-free (METHODS.md §1.3).
 
-Per batch: (1) get every layer's attention at full length — from the distilled ApproxNet (``abt``) or
-from the dense model itself (``abt-oracle``, a reference that needs a full dense pass); (2) build all
-sets from the last layer down with :func:`sttabt.core.backtrack.backtrack`; (3) the runtime runs the
-sparse model bottom-up with those sets. Steps 1-2 run inside :meth:`prepare`, so timing a runtime call
-includes them.
+Per batch, inside :meth:`BacktrackSelector.prepare` (so timing a runtime call includes it):
+
+1. one dense pass of the attention predictor (the distilled ApproxNet for ``abt``; the model itself for
+   ``abt-oracle``, a reference) on the sparse runtime with **fused attention**: no probabilities are
+   materialised, the pass only keeps each layer's queries and keys (:class:`QueryKeyRecorder`);
+2. back-tracking from the last layer down (:func:`sttabt.core.backtrack.backtrack_rows`) asks for the
+   attention rows of S_{l+1} only, which :func:`rows_on_demand` computes from the recorded q/k in float32
+   and reduces over heads at once;
+3. the runtime runs the sparse model bottom-up with the resulting :class:`~sttabt.runtime.TokenPlan`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import functools
+from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from sttabt.adapters.base import EncoderAdapter
-from sttabt.core.backtrack import backtrack, backtrack_overhead_flops, per_layer_keep
-from sttabt.core.flops import dense_cost
-from sttabt.core.tokens import CompactIndex
+from sttabt.core.backtrack import (
+    AttentionRows,
+    BacktrackResult,
+    backtrack_cost,
+    backtrack_rows,
+    per_layer_keep,
+)
+from sttabt.core.flops import EncoderShape, dense_counts, encoder_cost
+from sttabt.core.tokens import CompactIndex, relative_index
 from sttabt.errors import SttabtError
 from sttabt.methods.registry import MethodOptions, register_method
-from sttabt.runtime import LayerView, SparseEncoder, TokenSelector
+from sttabt.runtime import (
+    LayerView,
+    SparseEncoder,
+    TokenPlan,
+    TokenSelector,
+    attention_probs,
+    gather_head_rows,
+)
 
-AttentionSource = Callable[[Mapping[str, torch.Tensor]], list[torch.Tensor]]
+QueryKeys = tuple[LayerView, torch.Tensor, torch.Tensor]
 
 
-class HeadReducedAttention(TokenSelector):
-    """Records every layer's attention reduced over heads, without pruning anything.
+class QueryKeyRecorder(TokenSelector):
+    """Prunes nothing; keeps each layer's queries and keys (references, no copies) as the layer runs."""
 
-    Run on the runtime, this is the lean "full-length forward" that ABT needs: only the head-reduced map
-    of each layer is kept ((B, T, T), not (B, H, T, T)), and the last layer computes the CLS row only,
-    which is the only row back-tracking reads there.
-    """
+    name = "qk-recorder"
 
-    name = "attention-recorder"
-
-    def __init__(self, head_reduction: str = "mean"):
-        self.head_reduction = head_reduction
-        self._chunks: list[list[torch.Tensor]] = []
+    def __init__(self) -> None:
+        self.records: list[QueryKeys] = []
 
     def prepare(self, batch: Mapping[str, torch.Tensor], valid: torch.Tensor) -> None:
-        self._chunks = []
-        self.length = valid.shape[1]
+        self.records = []
 
-    def wants_attention(self, layer: int) -> bool:
+    def wants_queries_keys(self, layer: int) -> bool:
         return True
 
-    def after_attention(self, view: LayerView, probs: torch.Tensor) -> None:
-        reduced = probs.mean(dim=1) if self.head_reduction == "mean" else probs.amax(dim=1)
-        if view.layer == len(self._chunks):
-            self._chunks.append([])
-        # The runtime visits the chunks of samples of a layer in order.
-        self._chunks[view.layer].append(_scatter_map(reduced, view.queries, view.keys, self.length))
-        return None
-
-    @property
-    def maps(self) -> list[torch.Tensor]:
-        """Per-layer ``(B, T, T)`` head-reduced maps of the last run."""
-        return [parts[0] if len(parts) == 1 else torch.cat(parts) for parts in self._chunks]
+    def after_qkv(self, view: LayerView, q: torch.Tensor, k: torch.Tensor) -> None:
+        self.records.append((view, q, k))
 
 
-def _scatter_map(reduced: torch.Tensor, rows: CompactIndex, cols: CompactIndex, length: int) -> torch.Tensor:
-    """Place a compact ``(B, n_q, n_k)`` map at original positions in a ``(B, T, T)`` map of zeros."""
-    reduced = reduced * rows.valid[:, :, None] * cols.valid[:, None, :]
-    if rows.positions.shape[1] == reduced.shape[1] and bool(
-        (rows.positions == torch.arange(rows.positions.shape[1], device=reduced.device)).all()
-        and (cols.positions == torch.arange(cols.positions.shape[1], device=reduced.device)).all()
-    ):  # prefix layouts (right padding, nothing pruned): a padded copy, no scatter
-        return torch.nn.functional.pad(reduced, (0, length - reduced.shape[2], 0, length - reduced.shape[1]))
-    by_col = reduced.new_zeros(reduced.shape[0], reduced.shape[1], length)
-    by_col = by_col.scatter_add(2, cols.positions[:, None, :].expand(-1, reduced.shape[1], -1), reduced)
-    full = reduced.new_zeros(reduced.shape[0], length, length)
-    return full.scatter_add(1, rows.positions[:, :, None].expand(-1, -1, length), by_col)
+def rows_on_demand(
+    records: list[QueryKeys], scales: list[float], head_reduction: str, length: int
+) -> AttentionRows:
+    """Attention rows from recorded q/k: softmax over all keys for the requested queries only.
+
+    The scores are computed in float32 even under autocast (a few rows: cheap), so reduced precision
+    changes the sets only through the predictor's own hidden states.
+    """
+
+    def rows(layer: int, needed: CompactIndex) -> torch.Tensor:
+        view, q, k = records[layer]
+        rel = needed.positions if view.queries.prefix else relative_index(view.query_mask, needed)
+        with torch.autocast(q.device.type, enabled=False):
+            picked = gather_head_rows(q, rel).float()
+            probs = attention_probs(picked, k.float(), view.keys.valid, scales[layer], view.keys.full)
+        head = probs.mean(dim=1) if head_reduction == "mean" else probs.amax(dim=1)  # (B, m, n_k)
+        return _at_key_positions(head, view.keys, length)
+
+    return rows
 
 
-def head_reduced_attention(
-    runner: SparseEncoder, batch: Mapping[str, torch.Tensor], head_reduction: str
-) -> list[torch.Tensor]:
-    """Per-layer ``(B, 1, T, T)`` attention of ``runner``'s model, reduced over heads (see above)."""
-    recorder = HeadReducedAttention(head_reduction)
-    runner(batch, recorder)
-    return [m.unsqueeze(1) for m in recorder.maps]
+def _at_key_positions(rows: torch.Tensor, keys: CompactIndex, length: int) -> torch.Tensor:
+    """Place rows over compact keys ``(B, m, n_k)`` at the original key positions ``(B, m, T)``."""
+    if keys.prefix:  # right padding and nothing removed: the compact keys are the leading positions
+        return F.pad(rows, (0, length - rows.shape[2]))
+    target = torch.where(keys.valid, keys.positions, length)[:, None, :].expand(-1, rows.shape[1], -1)
+    out = rows.new_zeros(rows.shape[0], rows.shape[1], length + 1)
+    return out.scatter(2, target, rows)[:, :, :length]
 
 
 class BacktrackSelector(TokenSelector):
-    """Plans S_0..S_L before the sparse run from a source of attention maps."""
+    """Plans S_0..S_L before the sparse run from the attention of ``predictor`` (a runtime)."""
 
     name = "abt"
 
     def __init__(
         self,
-        source: AttentionSource,
+        predictor: SparseEncoder,
         keep: Any,
         num_layers: int,
-        num_heads: int,
         *,
         p: float = 0.1,
         head_reduction: str = "mean",
         token_reduction: str = "mean",
-        source_cost: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+        count_predictor: bool = True,
     ):
         for label, value in (("head reduction", head_reduction), ("token reduction", token_reduction)):
             if value not in ("mean", "max"):
@@ -107,66 +115,66 @@ class BacktrackSelector(TokenSelector):
             self.keep = per_layer_keep(keep, num_layers)
         except ValueError as exc:
             raise SttabtError(str(exc)) from exc
-        self.source = source
-        self.num_heads = num_heads
+        if predictor.adapter.num_layers != num_layers:
+            raise SttabtError(
+                f"the attention predictor has {predictor.adapter.num_layers} layers but the model has "
+                f"{num_layers}"
+            )
+        self.predictor = predictor
+        self.num_layers = num_layers
         self.p = p
         self.head_reduction = head_reduction
         self.token_reduction = token_reduction
-        self.source_cost = source_cost
-        self.result = None
-        self._overhead: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.count_predictor = count_predictor
+        self.result: BacktrackResult | None = None
+        self._overhead = None
 
     def prepare(self, batch: Mapping[str, torch.Tensor], valid: torch.Tensor) -> None:
-        attentions = self.source(batch)
-        self.result = backtrack(
-            attentions,
-            valid,
-            self.keep,
-            p=self.p,
-            head_reduction=self.head_reduction,
-            token_reduction=self.token_reduction,
+        recorder = QueryKeyRecorder()
+        self.predictor(batch, recorder)
+        adapter = self.predictor.adapter
+        scales = [adapter.attention_scale(layer) for layer in range(self.num_layers)]
+        rows = rows_on_demand(recorder.records, scales, self.head_reduction, valid.shape[1])
+        self.result = backtrack_rows(
+            rows, valid, self.keep, self.num_layers, p=self.p, token_reduction=self.token_reduction
         )
-        real = valid.sum(dim=1)
-        # Set-construction cost, per sample: every layer reduces heads and the needed rows, then ranks.
-        query_counts = torch.stack([s.sum(dim=1) for s in self.result.key_sets[1:]], dim=1)
-        mask_flops = torch.tensor(
-            [
-                backtrack_overhead_flops(self.num_heads, int(n), q.tolist())
-                for n, q in zip(real.tolist(), query_counts, strict=True)
-            ],
-            dtype=torch.float64,
-        )
-        macs = torch.zeros_like(mask_flops)
-        if self.source_cost is not None:
-            src_macs, src_flops = self.source_cost(real)
-            macs = macs + src_macs.cpu()
-            mask_flops = mask_flops + src_flops.cpu()
-        self._overhead = (macs.to(valid.device), mask_flops.to(valid.device))
+        self._overhead = functools.partial(self._cost, valid.sum(dim=1), self.result)
 
-    def input_mask(self, valid: torch.Tensor) -> torch.Tensor:
-        return self.result.key_sets[0]
+    def _cost(self, real: torch.Tensor, result: BacktrackResult) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample MACs and element-wise FLOPs: the predictor's pass, the rows' scores, the ranking."""
+        shape = self.predictor.adapter.shape
+        real = real.cpu()
+        macs, flops = backtrack_cost(shape.num_heads, shape.hidden_size, real, result.query_counts().cpu())
+        if self.count_predictor:
+            cost = predictor_cost(shape, real)
+            macs, flops = macs + cost.macs, flops + cost.flops - 2 * cost.macs
+        return macs, flops
 
-    def query_mask(self, layer: int, key_mask: torch.Tensor) -> torch.Tensor:
-        return self.result.key_sets[layer + 1]
+    def plan(self) -> TokenPlan:
+        return TokenPlan(self.result.key_sets, self.result.layouts)
 
-    def overhead(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def overhead(self):
         return self._overhead
 
 
+def predictor_cost(shape: EncoderShape, real: torch.Tensor):
+    """The predictor's dense pass on the runtime: full layers, then the readout only in the last one."""
+    return encoder_cost(shape, dense_counts(real, shape.num_layers, readout_last=True), real)
+
+
 def _backtrack_selector(
-    adapter: EncoderAdapter, options: MethodOptions, source: AttentionSource, source_cost=None
+    adapter: EncoderAdapter, options: MethodOptions, predictor: SparseEncoder, count_predictor: bool
 ) -> BacktrackSelector:
     if options.keep is None:
         raise SttabtError("ABT needs --keep (a ratio in (0, 1], a per-layer list, or 'dynamic')")
     return BacktrackSelector(
-        source,
+        predictor,
         options.keep,
         adapter.num_layers,
-        adapter.num_heads,
         p=options.p,
         head_reduction=options.head_reduction,
         token_reduction=options.token_reduction,
-        source_cost=source_cost,
+        count_predictor=count_predictor,
     )
 
 
@@ -180,21 +188,7 @@ def build_abt(adapter: EncoderAdapter, options: MethodOptions) -> TokenSelector:
     if approx is None:
         approx = ApproxNet.load(options.approx, teacher=adapter.model)
     approx = approx.to(adapter.device).eval()
-    if approx.cost_shape().num_layers != adapter.num_layers:
-        raise SttabtError(
-            f"ApproxNet has {approx.cost_shape().num_layers} layers but the model has {adapter.num_layers}"
-        )
-    approx_shape = approx.cost_shape()
-    approx_runner = SparseEncoder(approx.adapter)
-
-    def source_cost(real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cost = dense_cost(approx_shape, real.cpu())
-        return cost.macs, cost.flops - 2 * cost.macs  # MACs, and the element-wise rest of its FLOPs
-
-    def approx_attention(batch: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
-        return head_reduced_attention(approx_runner, batch, options.head_reduction)
-
-    return _backtrack_selector(adapter, options, approx_attention, source_cost)
+    return _backtrack_selector(adapter, options, SparseEncoder(approx.adapter), count_predictor=True)
 
 
 @register_method(
@@ -203,11 +197,6 @@ def build_abt(adapter: EncoderAdapter, options: MethodOptions) -> TokenSelector:
     needs_keep=True,
 )
 def build_abt_oracle(adapter: EncoderAdapter, options: MethodOptions) -> TokenSelector:
-    runner = SparseEncoder(adapter)
-
-    def dense_attention(batch: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
-        return head_reduced_attention(runner, batch, options.head_reduction)
-
-    selector = _backtrack_selector(adapter, options, dense_attention)
+    selector = _backtrack_selector(adapter, options, SparseEncoder(adapter), count_predictor=False)
     selector.name = "abt-oracle"
     return selector
