@@ -37,13 +37,33 @@ def test_get_task_accepts_aliases_and_rejects_unknown():
     assert set(data.TASKS) == {"cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli", "bbc"}
 
 
-def test_default_glue_dir_env_override(monkeypatch, tmp_path):
-    monkeypatch.delenv("STTABT_GLUE_DIR", raising=False)
-    default = data.default_glue_dir()
-    assert default.parts[-3:] == ("shared", "data", "glue")
-    assert default.parent.parent.parent == Path(data.__file__).resolve().parents[3]
-    monkeypatch.setenv("STTABT_GLUE_DIR", str(tmp_path))
-    assert data.default_glue_dir() == tmp_path
+def test_default_glue_dir_follows_the_working_directory_not_the_install(monkeypatch, tmp_path):
+    """After a plain `pip install .` the package lives in a venv: the default must not point there."""
+    for var in data.GLUE_ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    project = tmp_path / "project"
+    (project / "shared" / "data" / "glue").mkdir(parents=True)
+    monkeypatch.chdir(project)
+    assert data.default_glue_dir() == project / "shared" / "data" / "glue"
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (tmp_path / "shared" / "data" / "glue").mkdir(parents=True)
+    monkeypatch.chdir(checkout)
+    assert data.default_glue_dir() == tmp_path / "shared" / "data" / "glue"
+    monkeypatch.setenv("STTABT_DATA_DIR", str(tmp_path / "d"))
+    assert data.default_glue_dir() == tmp_path / "d" / "glue"
+    monkeypatch.setenv("STTABT_GLUE_DIR", str(tmp_path / "g"))
+    assert data.default_glue_dir() == tmp_path / "g"
+
+
+def test_missing_default_glue_dir_names_where_it_looked(monkeypatch, tmp_path):
+    for var in data.GLUE_ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path / "empty")
+    with pytest.raises(SttabtError, match="looked in .*empty/shared/data/glue.*STTABT_GLUE_DIR") as info:
+        load_examples("sst2", "dev")
+    assert "site-packages" not in str(info.value) and "\n" not in str(info.value)
 
 
 # ------------------------------------------------------------------------------------------ GLUE layouts
@@ -365,3 +385,23 @@ def test_batches_cover_every_example_once_in_a_seeded_order():
     assert padded < sum(b["input_ids"].numel() for b in batches(feats, 5, 0, shuffle=True, seed=1))
     with pytest.raises(SttabtError, match="batch size"):
         next(batches(feats, 0, 0))
+
+
+def test_a_tsv_ending_in_blank_lines_is_accepted(tmp_path):
+    (tmp_path / "SST-2").mkdir()
+    (tmp_path / "SST-2" / "dev.tsv").write_text("sentence\tlabel\ngood\t1\nbad\t0\n\n\n", encoding="utf-8")
+    assert [ex.label for ex in load_examples("sst2", "dev", tmp_path)] == [1, 0]
+
+
+def test_a_blank_line_inside_a_tsv_is_still_an_error(tmp_path):
+    write(tmp_path / "SST-2" / "dev.tsv", [tsv("sentence", "label"), tsv("good", "1"), "", tsv("bad", "0")])
+    with pytest.raises(SttabtError, match="dev.tsv:3: empty line"):
+        load_examples("sst2", "dev", tmp_path)
+
+
+def test_a_latin1_tsv_is_refused_in_one_line(tmp_path):
+    (tmp_path / "SST-2").mkdir()
+    (tmp_path / "SST-2" / "dev.tsv").write_bytes("sentence\tlabel\ncaf\u00e9 \u00a35\t1\n".encode("latin-1"))
+    with pytest.raises(SttabtError, match="dev.tsv: not UTF-8 text .*convert it to UTF-8") as info:
+        load_examples("sst2", "dev", tmp_path)
+    assert "\n" not in str(info.value)

@@ -9,6 +9,7 @@ import argparse
 import importlib
 import logging
 import os
+import shlex
 import sys
 
 from sttabt.errors import SttabtError
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sttabt", description="Token pruning that physically removes tokens."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         importlib.import_module(f"sttabt.commands.{name}").register(sub)
@@ -31,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["sttabt", *(sys.argv[1:] if argv is None else argv)])
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
@@ -46,6 +49,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sttabt {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("sttabt")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a source tree, not installed
+        return "unknown (not installed)"
 
 
 def _quiet_dependencies() -> None:

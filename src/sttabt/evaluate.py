@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from sttabt import validate
 from sttabt.adapters.hf_text import HFTextClassifierAdapter
 from sttabt.core.flops import dense_cost
 from sttabt.errors import SttabtError
@@ -47,6 +49,26 @@ class EvalConfig:
         data["options"] = {k: v for k, v in self.options.to_dict().items() if k != "extra"}
         return data
 
+    def validate(self) -> None:
+        """Every check that needs neither the model nor the data, so a typo fails in milliseconds."""
+        from sttabt.data import check_split
+
+        validate.positive_int(self.batch_size, "--batch-size")
+        validate.max_length(self.max_length, name="--max-length")
+        if self.limit is not None:
+            validate.positive_int(self.limit, "--limit")
+        validate_method(self.method, self.options, strict=True)
+        check_split(self.task, self.split)
+        validate.dtype(self.dtype, validate.device(self.device, "--device"), "--dtype")
+
+    def check_model(self, model_config: Any) -> None:
+        """The model fits the task (labels) and the inputs (``max_length`` within its positions)."""
+        from sttabt.data import get_task
+        from sttabt.models import check_task_fit
+
+        validate.max_length(self.max_length, model_config, "--max-length")
+        check_task_fit(model_config, get_task(self.task), self.model)
+
 
 @dataclass
 class EvalRun:
@@ -63,6 +85,7 @@ class EvalRun:
     dense_flops: torch.Tensor  # (N,) the unmodified model
     dense_macs: torch.Tensor
     seconds: float
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def report(self) -> dict[str, Any]:
         relative = float(self.flops.sum() / self.dense_flops.sum())
@@ -86,6 +109,7 @@ class EvalRun:
             },
             "seconds": self.seconds,
             "config": self.config.to_dict(),
+            "provenance": self.provenance,
         }
 
 
@@ -93,26 +117,19 @@ def run_evaluation(config: EvalConfig, model=None, tokenizer=None) -> EvalRun:
     """Run ``config``; pass ``model``/``tokenizer`` to reuse an already loaded classifier."""
     from sttabt.data import collate, encode, get_task, load_examples
     from sttabt.metrics import compute_metrics
-    from sttabt.models import load_text_classifier
+    from sttabt.models import load_model_config, load_text_classifier
 
-    if config.batch_size < 1:
-        raise SttabtError(f"--batch-size must be >= 1, got {config.batch_size}")
-    if config.max_length < 2:
-        raise SttabtError(f"--max-length must be >= 2, got {config.max_length}")
-    validate_method(config.method, config.options)
+    config.validate()
     task = get_task(config.task)
+    config.check_model(model.config if model is not None else load_model_config(config.model))
     examples = load_examples(task.name, config.split, config.data_dir, config.limit)
     if not examples:
         raise SttabtError(f"no examples in {task.name}/{config.split}")
     if model is None:
         model, tokenizer = load_text_classifier(config.model)
-    if int(model.config.num_labels) != task.num_labels:
-        raise SttabtError(
-            f"model {config.model!r} has {model.config.num_labels} labels but task {task.name} has "
-            f"{task.num_labels}; fine-tune it on the task first (sttabt finetune)"
-        )
     device = resolve_device(config.device)
     model = model.to(device).eval()
+    provenance = _provenance(config, model, device)
     adapter = HFTextClassifierAdapter(model)
     runner = SparseEncoder(adapter)
     selector = build_selector(config.method, adapter, config.options)
@@ -166,20 +183,57 @@ def run_evaluation(config: EvalConfig, model=None, tokenizer=None) -> EvalRun:
         dense_flops,
         dense_macs,
         seconds,
+        provenance,
     )
 
 
-def write_outputs(run: EvalRun, output: str | Path, predictions: str | Path | None = None) -> dict[str, Any]:
-    """Write ``results.json`` (and optionally ``preds.jsonl``) atomically; returns the report."""
+def _provenance(config: EvalConfig, model: torch.nn.Module, device: torch.device) -> dict[str, Any]:
+    """Versions, machine and time, plus the resolved model (path and weight fingerprint) and data."""
+    from sttabt.approxnet import teacher_fingerprint
+    from sttabt.data import resolved_data_dir
+    from sttabt.models import resolve_model_path
+    from sttabt.provenance import run_provenance
+
+    model_path = resolve_model_path(config.model)
+    if Path(model_path).exists():
+        model_path = str(Path(model_path).resolve())
+    return {
+        **run_provenance(device),
+        "model_path": model_path,
+        "weights_sha256": teacher_fingerprint(model),
+        "data_dir": resolved_data_dir(config.task, config.data_dir),
+    }
+
+
+def write_outputs(
+    run: EvalRun, output: str | Path, predictions: str | Path | None = None, command: str | None = None
+) -> dict[str, Any]:
+    """Write ``results.json`` (and optionally ``preds.jsonl``) atomically; returns the report.
+
+    ``command`` (the command line that made the run) goes into the report's provenance.
+    """
+    from sttabt.data import LABEL_NAMES
+
     report = run.report()
+    if command is not None:
+        report["provenance"] = {**report["provenance"], "command": command}
     atomic_write_json(output, report)
     if predictions is not None:
-        regression = run.logits.shape[-1] == 1
-        lines = []
-        for index, (label, row) in enumerate(zip(run.labels, run.logits.tolist(), strict=True)):
-            prediction = row[0] if regression else int(max(range(len(row)), key=row.__getitem__))
-            lines.append(
-                json.dumps({"index": index, "label": label, "prediction": prediction, "logits": row})
-            )
+        names = LABEL_NAMES.get(run.config.task)
+        lines = [json.dumps(_prediction_row(i, label, row, names)) for i, (label, row) in
+                 enumerate(zip(run.labels, run.logits.tolist(), strict=True))]  # fmt: skip
         atomic_write_text(predictions, "\n".join(lines) + "\n")
     return report
+
+
+def _prediction_row(index: int, label: Any, logits: list[float], names: Sequence[str] | None) -> dict:
+    """One ``preds.jsonl`` line; class tasks also name the label and the prediction (test labels: null)."""
+    if len(logits) == 1:
+        return {"index": index, "label": label, "prediction": logits[0], "logits": logits}
+    prediction = int(max(range(len(logits)), key=logits.__getitem__))
+    row = {"index": index, "label": label, "prediction": prediction}
+    if names is not None:
+        row["label_name"] = names[label] if 0 <= label < len(names) else None
+        row["prediction_name"] = names[prediction]
+    row["logits"] = logits
+    return row

