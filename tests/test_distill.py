@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -28,6 +29,7 @@ from sttabt.train.distill import (
     run_stage,
     teacher_targets,
 )
+from sttabt.train.loop import make_accelerator
 
 torch.set_num_threads(1)
 
@@ -152,15 +154,15 @@ def test_run_stage_keeps_the_best_heldout_state():
     teacher = tiny_teacher()
     train = [fixed_batch(tok, n=8, seed=s) for s in range(4)]
     heldout = [fixed_batch(tok, n=8, seed=100)]
-    device = torch.device("cpu")
+    accelerator = make_accelerator("cpu")
 
     def heldout_kl(model: ApproxNet) -> float:
         return attention_quality(model, teacher, heldout)["kl"]
 
     torch.manual_seed(0)
     good = ApproxNet.from_teacher(teacher, 2)
-    result = run_stage(good, teacher, lambda epoch: iter(train), 4, heldout,
-                       StageConfig("task", 2, TASK_WEIGHTS, lr=3e-3, progress=False), device)  # fmt: skip
+    stage = StageConfig("task", 2, TASK_WEIGHTS, lr=3e-3, progress=False)
+    result = run_stage(good, teacher, lambda epoch: iter(train), 4, heldout, stage, accelerator)
     assert result.steps == 8 and result.examples == 64 and len(result.evaluations) == 3
     assert result.best["heldout_kl"] == min(e["heldout_kl"] for e in result.evaluations)
     assert heldout_kl(good) == pytest.approx(result.best["heldout_kl"], rel=1e-6)  # the kept weights
@@ -170,7 +172,7 @@ def test_run_stage_keeps_the_best_heldout_state():
     bad = ApproxNet.from_teacher(teacher, 2)
     start = {k: v.clone() for k, v in bad.state_dict().items()}
     wild = StageConfig("task", 1, TASK_WEIGHTS, lr=50.0, grad_clip=0, progress=False)
-    result = run_stage(bad, teacher, lambda epoch: iter(train), 4, heldout, wild, device)
+    result = run_stage(bad, teacher, lambda epoch: iter(train), 4, heldout, wild, accelerator)
     assert result.evaluations[-1]["heldout_kl"] > result.evaluations[0]["heldout_kl"]
     assert result.best["step"] == 0
     for name, value in bad.state_dict().items():
@@ -404,3 +406,37 @@ def test_distilling_minilm_on_sst2_improves_dev_attention(minilm, tmp_path):
     assert quality["distilled"]["kl"] < 0.9 * quality["untrained"]["kl"]
     assert quality["distilled"]["mse"] < quality["untrained"]["mse"]
     ApproxNet.load(tmp_path / "approx", teacher=model)
+
+
+def test_distill_under_torchrun_with_two_processes(workspace):
+    """Two CPU processes (gloo) share each epoch's batches, reduce losses and quality, and write once."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    if not Path(torchrun).exists():
+        pytest.skip("torchrun is not installed")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    argv = [
+        torchrun, "--standalone", "--nproc_per_node", "2", "-m", "sttabt.cli", "distill",
+        "--teacher", str(workspace / "teacher"), "--task", "sst2", "--data-dir", str(workspace / "glue"),
+        "--output", str(workspace / "ddp"), "--factor", "2", "--batch-size", "8", "--max-length", "32",
+        "--no-progress", "--lr", "1e-3", "--general-epochs", "0", "--epochs", "2", "--device", "cpu",
+    ]  # fmt: skip
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("dev attention KL") == 1  # one summary, from the main process
+    record = json.loads((workspace / "ddp" / "distill_log.json").read_text())
+    assert record["environment"]["processes"] == 2
+    task = record["stages"]["task"]
+    # 54 train examples = 7 batches of 8 -> 3 steps per process per epoch (the 7th batch is skipped)
+    assert [e["steps"] for e in task["epochs"]] == [3, 3]
+    # ... so each epoch trains on 54 examples less the skipped batch (8, or the short one of 6)
+    assert all(e["train_examples"] in (46, 48) for e in task["epochs"])
+    assert record["quality"]["examples"] == 12 and record["quality"]["distilled"]["examples"] == 12
+    assert record["quality"]["distilled"]["kl"] < record["quality"]["untrained"]["kl"]
+    teacher = BertForSequenceClassification.from_pretrained(workspace / "teacher")
+    ApproxNet.load(workspace / "ddp", teacher=teacher)
+    assert sorted(p.name for p in workspace.iterdir() if p.name.startswith(".ddp")) == []  # no debris

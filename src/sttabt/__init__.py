@@ -1,6 +1,6 @@
 """sttabt: token pruning for Transformer encoders that physically removes tokens between layers."""
 
-from sttabt.api import PrunedClassifier
+from sttabt.api import PrunedClassifier, PrunedConfig
 from sttabt.errors import SttabtError
 from sttabt.methods import MethodOptions, build_selector, method_names
 from sttabt.models import load_text_classifier
@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 __all__ = [
     "MethodOptions",
     "PrunedClassifier",
+    "PrunedConfig",
     "SparseEncoder",
     "SparseOutput",
     "SttabtError",

@@ -1,56 +1,139 @@
-"""A small Python API: wrap a Hugging Face classifier once, set the budget as a plain attribute.
+"""The Python API: one ``nn.Module`` wraps a classifier and a method; the budget is a plain attribute.
 
-    >>> model, tokenizer = sttabt.load_text_classifier("minilm", num_labels=2)
+    >>> model, tokenizer = sttabt.load_text_classifier("runs/minilm-sst2")
     >>> pruned = sttabt.PrunedClassifier(model, method="topk", keep=0.5)
     >>> out = pruned(tokenizer(["a sentence", "another one"], return_tensors="pt", padding=True))
     >>> out.logits, out.kept_positions(0)       # logits, and sample 0's kept positions per layer
-    >>> pruned.keep = 0.25                         # a new budget for the next call
+    >>> pruned.keep = 0.25                         # a new budget for the next call (validated now)
+    >>> pruned.save_pretrained("runs/pruned")      # backbone + method settings + method state
+    >>> again = sttabt.PrunedClassifier.from_pretrained("runs/pruned")
 
 The wrapped model is not modified: ``model(**batch)`` still runs the unmodified dense forward.
+
+A saved directory is a normal Hugging Face model directory (the backbone's ``config.json`` and
+safetensors weights, plus the tokenizer when given), so ``AutoModelForSequenceClassification`` loads the
+backbone from it, and:
+
+* ``sttabt_config.json``: :class:`PrunedConfig` (format version, method, options, what state is saved);
+* ``approxnet/``: the ApproxNet of ``abt``, in its own format (:meth:`ApproxNet.save`);
+* ``sttabt_state.safetensors``: the method's own tensors (``method_state``), for learned methods
+  (per-layer ``p_logit``\\s, thresholds); listed with their shapes in the config and checked on load.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from sttabt import validate
 from sttabt.adapters.hf_text import HFTextClassifierAdapter
-from sttabt.methods import MethodOptions, build_selector
+from sttabt.errors import SttabtError
+from sttabt.methods import MethodOptions, build_selector, method_names
+from sttabt.methods.registry import METHODS
 from sttabt.runtime import SparseEncoder, SparseOutput
+from sttabt.utils import atomic_directory, atomic_write_json
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "sttabt_config.json"
+APPROX_DIR = "approxnet"
+STATE_NAME = "sttabt_state.safetensors"
+#: The method settings that are plain, validated attributes of a :class:`PrunedClassifier`.
+OPTION_NAMES = ("method", "keep", "schedule", "p", "head_reduction", "token_reduction")
+_DEFAULTS = {"schedule": "constant", "p": 0.1, "head_reduction": "mean", "token_reduction": "mean"}
+_CHOICES = {"schedule": ("constant", "reference"), "head_reduction": ("mean", "max"),
+            "token_reduction": ("mean", "max")}  # fmt: skip
 
 
-class PrunedClassifier:
+@dataclass
+class PrunedConfig:
+    """What ``sttabt_config.json`` holds: the method, its options and the state saved beside them."""
+
+    method: str
+    keep: float | list[float] | str | None = None
+    schedule: str = "constant"
+    p: float = 0.1
+    head_reduction: str = "mean"
+    token_reduction: str = "mean"
+    approxnet: str | None = None  # subfolder of the ApproxNet, when the method uses one
+    state: dict[str, list[int]] = field(default_factory=dict)  # method-state tensor name -> shape
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def read(cls, directory: Path) -> PrunedConfig:
+        path = directory / CONFIG_NAME
+        if not path.is_file():
+            raise SttabtError(
+                f"{directory} is not a saved PrunedClassifier (no {CONFIG_NAME}); load a plain classifier "
+                "with sttabt.load_text_classifier"
+            )
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+            version = int(payload.get("format_version", 0))
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            raise SttabtError(f"cannot read {path}: {exc}") from exc
+        if not 1 <= version <= FORMAT_VERSION:
+            raise SttabtError(
+                f"{path} has format version {version}; this sttabt reads versions 1 to {FORMAT_VERSION}"
+                + ("; upgrade sttabt" if version > FORMAT_VERSION else "")
+            )
+        names = {f.name for f in fields(cls)}
+        if "method" not in payload:
+            raise SttabtError(f"{path} names no method")
+        return cls(**{k: v for k, v in payload.items() if k in names})
+
+
+class PrunedClassifier(nn.Module):
     """Runs ``model`` on the sparse-token runtime with a registered method.
 
-    Attributes ``method``, ``keep``, ``schedule``, ``p`` may be changed between calls. An ApproxNet given
-    as ``approx`` (a directory or a loaded :class:`~sttabt.approxnet.ApproxNet`) is loaded once.
+    ``method``, ``keep``, ``schedule``, ``p``, ``head_reduction`` and ``token_reduction`` are plain
+    attributes that may change between calls; each change is validated at once. ``approx`` (a directory
+    or a loaded :class:`~sttabt.approxnet.ApproxNet`, checked against ``model``) becomes the submodule
+    ``approx``, so ``.to()``, ``.eval()`` and ``state_dict()`` cover the backbone and the ApproxNet.
+    ``method_state`` holds a learned method's own tensors (saved in ``sttabt_state.safetensors``).
     """
 
     def __init__(
-        self, model: nn.Module, method: str = "dense", keep: Any = None, approx: Any = None, **options
+        self,
+        model: nn.Module,
+        method: str = "dense",
+        keep: Any = None,
+        approx: Any = None,
+        **options: Any,
     ):
+        super().__init__()
+        unknown = sorted(set(options) - set(OPTION_NAMES))
+        if unknown:
+            raise SttabtError(
+                f"unknown option(s) {', '.join(unknown)}; PrunedClassifier takes {', '.join(OPTION_NAMES)}"
+            )
         self.model = model
-        self.adapter = HFTextClassifierAdapter(model)
+        self.adapter = HFTextClassifierAdapter(model)  # refuses unsupported models with a clear message
         self.runner = SparseEncoder(self.adapter)
-        self.method = method
-        self.keep = keep
-        self.schedule = options.pop("schedule", "constant")
-        self.p = options.pop("p", 0.1)
-        self.head_reduction = options.pop("head_reduction", "mean")
-        self.token_reduction = options.pop("token_reduction", "mean")
-        if options:
-            raise TypeError(f"unknown options: {', '.join(options)}")
-        self._approx = self._load_approx(approx)
+        self.approx = _load_approx(approx, model)
+        self.method_state = nn.ParameterDict()
+        settings = {**_DEFAULTS, "method": method, "keep": keep, **options}
+        checked = {
+            name: _check_option(name, settings[name], self.adapter.num_layers) for name in OPTION_NAMES
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+        _check_combination(checked, self.approx is not None)
 
-    def _load_approx(self, approx: Any):
-        if approx is None or not isinstance(approx, str):
-            return approx
-        from sttabt.approxnet import ApproxNet
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in OPTION_NAMES and "adapter" in self.__dict__:
+            value = _check_option(name, value, self.adapter.num_layers)
+            _check_combination({**self.options(), name: value}, self.approx is not None)
+        super().__setattr__(name, value)
 
-        return ApproxNet.load(approx, teacher=self.model)
+    def options(self) -> dict[str, Any]:
+        """The current method settings, as :class:`PrunedConfig` stores them."""
+        return {name: getattr(self, name) for name in OPTION_NAMES}
 
     def selector(self):
         options = MethodOptions(
@@ -59,19 +142,150 @@ class PrunedClassifier:
             p=self.p,
             head_reduction=self.head_reduction,
             token_reduction=self.token_reduction,
-            approx="<loaded>" if self._approx is not None else None,
-            extra={"approxnet": self._approx} if self._approx is not None else {},
+            approx="<loaded>" if self.approx is not None else None,
+            extra={"approxnet": self.approx} if self.approx is not None else {},
         )
         return build_selector(self.method, self.adapter, options)
 
     # no_grad rather than inference_mode: under inference mode a caller's autocast context would re-cast
     # every weight on every call instead of reusing its copies (see sttabt.utils.inference).
     @torch.no_grad()
-    def __call__(self, batch: Mapping[str, torch.Tensor]) -> SparseOutput:
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> SparseOutput:
+        if not isinstance(batch, Mapping) or "input_ids" not in batch:
+            raise SttabtError("PrunedClassifier takes a tokenizer's batch: a mapping with input_ids")
         device = self.adapter.device
-        inputs = {
-            k: v.to(device)
-            for k, v in batch.items()
-            if k in ("input_ids", "attention_mask", "token_type_ids")
-        }
+        names = ("input_ids", "attention_mask", "token_type_ids")
+        inputs = {k: v.to(device) for k, v in batch.items() if k in names}
+        if "attention_mask" not in inputs:
+            inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
         return self.runner(inputs, self.selector())
+
+    # -- persistence ----------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, tokenizer: Any = None) -> Path:
+        """Write the backbone (HF format, safetensors), the method config and state, atomically."""
+        directory = Path(directory)
+        if directory.exists() and not directory.is_dir():
+            raise SttabtError(f"{directory} is a file, not a directory")
+        config = PrunedConfig(**self.options())
+        config.state = {name: list(t.shape) for name, t in self.method_state.items()}
+        with atomic_directory(directory) as tmp:
+            self.model.save_pretrained(tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            if self.approx is not None:
+                config.approxnet = APPROX_DIR
+                (tmp / APPROX_DIR).mkdir()
+                self.approx.write_into(tmp / APPROX_DIR)
+            if self.method_state:
+                from safetensors.torch import save_file
+
+                tensors = {k: v.detach().cpu().contiguous() for k, v in self.method_state.items()}
+                save_file(tensors, str(tmp / STATE_NAME))
+            atomic_write_json(
+                tmp / CONFIG_NAME, {"format_version": FORMAT_VERSION, **_without_version(config)}
+            )
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **overrides: Any) -> PrunedClassifier:
+        """Load what :meth:`save_pretrained` wrote; ``overrides`` replace saved options (e.g. ``keep``)."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise SttabtError(f"saved PrunedClassifier directory does not exist: {directory}")
+        config = PrunedConfig.read(directory)
+        approx_dir = directory / config.approxnet if config.approxnet else None
+        if approx_dir is not None and not approx_dir.is_dir():
+            raise SttabtError(
+                f"{directory}: the method state {config.approxnet}/ listed in {CONFIG_NAME} is missing"
+            )
+        state = _read_state(directory, config)
+        model = _load_backbone(directory)
+        options = {name: getattr(config, name) for name in OPTION_NAMES}
+        pruned = cls(model, approx=str(approx_dir) if approx_dir else None, **{**options, **overrides})
+        for name, tensor in state.items():
+            pruned.method_state[name] = nn.Parameter(tensor, requires_grad=False)
+        return pruned.eval()
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{name}={getattr(self, name)!r}" for name in OPTION_NAMES)
+
+
+def _load_backbone(directory: Path) -> nn.Module:
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(directory, dtype=torch.float32)
+    except Exception as exc:  # safetensors, transformers and torch raise many types for a bad checkpoint
+        first = str(exc).strip().splitlines()
+        raise SttabtError(f"cannot load the backbone in {directory}: {first[0] if first else exc!r}") from exc
+    return model.eval()
+
+
+def _load_approx(approx: Any, model: nn.Module) -> nn.Module | None:
+    """An ApproxNet from a directory (checked against ``model``), a loaded one, or None."""
+    from sttabt.approxnet import ApproxNet
+
+    if approx is None:
+        return None
+    if isinstance(approx, ApproxNet):
+        approx.check_teacher(model)
+        return approx
+    if isinstance(approx, str | Path):
+        return ApproxNet.load(approx, teacher=model)
+    raise SttabtError(f"approx must be an ApproxNet directory or an ApproxNet, got {type(approx).__name__}")
+
+
+def _check_option(name: str, value: Any, num_layers: int) -> Any:
+    """One setting on its own; returns it normalised (a keep text like ``"0.3"`` becomes 0.3)."""
+    if name == "method":
+        if not isinstance(value, str) or value not in METHODS:
+            raise SttabtError(f"unknown method {value!r}; choose one of {', '.join(method_names())}")
+        return value
+    if name == "keep":
+        keep = validate.keep_ratio(value, "keep")
+        if isinstance(keep, list) and len(keep) != num_layers:
+            raise SttabtError(f"keep: got {len(keep)} per-layer ratios for a model with {num_layers} layers")
+        return keep
+    if name == "p":
+        return validate.p_value(value, "p")
+    if value not in _CHOICES[name]:
+        raise SttabtError(f"{name} must be one of {', '.join(_CHOICES[name])}, got {value!r}")
+    return value
+
+
+def _check_combination(options: Mapping[str, Any], has_approx: bool) -> None:
+    """Settings that only make sense together: a method's required budget and ApproxNet."""
+    spec = METHODS[options["method"]]
+    if spec.needs_keep and options["keep"] is None:
+        raise SttabtError(f"method {spec.name!r} needs a keep ratio: set keep=0.3 (for example)")
+    if spec.needs_approx and not has_approx:
+        raise SttabtError(f"method {spec.name!r} needs an ApproxNet: pass approx=DIR (from `sttabt distill`)")
+    if options["keep"] == "dynamic" and spec.name not in ("abt", "abt-oracle"):
+        raise SttabtError(f"keep='dynamic' is for back-tracking methods, not {spec.name!r}")
+
+
+def _read_state(directory: Path, config: PrunedConfig) -> dict[str, torch.Tensor]:
+    """The method-state tensors the config lists, with the listed shapes (nothing more, nothing less)."""
+    if not config.state:
+        return {}
+    path = directory / STATE_NAME
+    if not path.is_file():
+        raise SttabtError(f"{directory}: the method state {STATE_NAME} listed in {CONFIG_NAME} is missing")
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise SttabtError(f"cannot read {path}: {str(exc).splitlines()[0]}") from exc
+    shapes = {name: list(t.shape) for name, t in tensors.items()}
+    if shapes != {k: list(v) for k, v in config.state.items()}:
+        raise SttabtError(
+            f"{path} does not match {CONFIG_NAME}: it holds {shapes}, the config lists {config.state}"
+        )
+    return tensors
+
+
+def _without_version(config: PrunedConfig) -> dict[str, Any]:
+    payload = asdict(config)
+    payload.pop("format_version")
+    return payload

@@ -82,6 +82,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
     from sttabt.train.distill import DistillConfig, distill, summary_line
 
     config = DistillConfig(
@@ -114,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     record = distill(config)
-    print(summary_line(record))
-    print(f"log: {record['output']}/distill_log.json")
+    if PartialState().is_main_process:  # one summary under torchrun / accelerate launch
+        print(summary_line(record))
+        print(f"log: {record['output']}/distill_log.json")
     return 0

@@ -24,10 +24,10 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
 from typing import Any
 
 import torch
@@ -37,7 +37,8 @@ from torch import nn
 from sttabt.adapters.hf_text import HFTextClassifierAdapter
 from sttabt.approxnet import ApproxNet, EncoderTrace, trace_encoder
 from sttabt.errors import SttabtError
-from sttabt.utils import autocast
+from sttabt.train.loop import LoopConfig, LoopResult, make_accelerator, train_loop
+from sttabt.utils import atomic_directory, atomic_write_json, autocast, set_seed
 
 log = logging.getLogger(__name__)
 
@@ -156,13 +157,37 @@ def attention_quality(
     rows, heads and layers; then averaged over examples (PUBLISHED_RESULTS §3 reports these two numbers;
     the reference's exact normalisation is unconfirmed, so compare trends, not digits).
     """
+    return _quality_means(quality_sums(approx, teacher, batches, device=device, dtype=dtype))
+
+
+def sharded_quality(
+    approx: ApproxNet,
+    teacher: nn.Module | HFTextClassifierAdapter,
+    batches: Sequence[Batch],
+    accelerator: Any,
+    dtype: str = "fp32",
+) -> dict[str, float]:
+    """:func:`attention_quality` with the batches split over the processes and the sums reduced."""
+    rank, procs = accelerator.process_index, accelerator.num_processes
+    sums = quality_sums(approx, teacher, batches[rank::procs], device=accelerator.device, dtype=dtype)
+    return _quality_means(accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu())
+
+
+def quality_sums(
+    approx: ApproxNet,
+    teacher: nn.Module | HFTextClassifierAdapter,
+    batches: Iterable[Batch],
+    *,
+    device: torch.device | None = None,
+    dtype: str = "fp32",
+) -> torch.Tensor:
+    """``[sum of per-example KL, sum of per-example MSE, examples]`` (float64) over ``batches``."""
     adapter = teacher if isinstance(teacher, HFTextClassifierAdapter) else HFTextClassifierAdapter(teacher)
     device = device or next(approx.parameters()).device
     was_training = (approx.training, adapter.model.training)
     approx.eval()
     adapter.model.eval()
-    kl_sum = mse_sum = 0.0
-    count = 0
+    sums = torch.zeros(3, dtype=torch.float64)
     try:
         with torch.no_grad(), autocast(device, dtype):
             for raw in batches:
@@ -173,15 +198,19 @@ def attention_quality(
                 layers = list(zip(target.attentions, out.scores, out.attentions, strict=True))
                 kl = torch.stack([_kl_per_sample(t, s, valid) for t, s, _ in layers]).mean(0)
                 mse = torch.stack([_mse_per_sample(t, a, valid) for t, _, a in layers]).mean(0)
-                kl_sum += float(kl.double().sum())
-                mse_sum += float(mse.double().sum())
-                count += int(valid.shape[0])
+                sums += torch.stack([kl.double().sum(), mse.double().sum(), kl.new_tensor(valid.shape[0])
+                                     .double()]).cpu()  # fmt: skip
     finally:
         approx.train(was_training[0])
         adapter.model.train(was_training[1])
+    return sums
+
+
+def _quality_means(sums: torch.Tensor) -> dict[str, float]:
+    count = int(round(float(sums[2])))
     if count == 0:
         raise SttabtError("attention quality needs at least one example")
-    return {"kl": kl_sum / count, "mse": mse_sum / count, "examples": count}
+    return {"kl": float(sums[0]) / count, "mse": float(sums[1]) / count, "examples": count}
 
 
 # -- training ------------------------------------------------------------------------------------------------
@@ -200,22 +229,6 @@ class StageConfig:
     progress: bool = True
 
 
-@dataclass
-class StageResult:
-    name: str
-    steps: int
-    examples: int
-    seconds: float
-    best: dict[str, Any]
-    train_seconds: float = 0.0  # optimisation steps only (no evaluations)
-    examples_per_s: float = 0.0
-    evaluations: list[dict[str, Any]] = field(default_factory=list)
-    epochs: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def build_optimizer(module: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW with no weight decay on biases and LayerNorm (all 1-D parameters)."""
     decay, no_decay = [], []
@@ -230,108 +243,55 @@ def build_optimizer(module: nn.Module, lr: float, weight_decay: float) -> torch.
     return torch.optim.AdamW(groups, lr=lr)
 
 
+class DistillObjective(nn.Module):
+    """The ApproxNet and its loss in one forward, so that DDP sees every parameter the loss uses.
+
+    The teacher is held outside the module tree: it is frozen and must not be wrapped or synchronised.
+    """
+
+    def __init__(self, approx: ApproxNet, teacher: HFTextClassifierAdapter, weights: LossWeights):
+        super().__init__()
+        self.approx = approx
+        self._teacher = (teacher,)
+        self.weights = weights
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        batch = {k: v for k, v in batch.items() if k in MODEL_KEYS}
+        loss = distill_loss(self.approx, batch, teacher_targets(self._teacher[0], batch), self.weights)
+        return {"loss": loss.total, "att": loss.att, "hid": loss.hid, "emb": loss.emb, "pred": loss.pred}
+
+
 def run_stage(
     approx: ApproxNet,
     teacher: nn.Module,
-    epoch_batches: Callable[[int], Iterator[Batch]],
-    steps_per_epoch: int,
+    epoch_batches: Callable[[int], Iterable[Batch]],
+    batches_per_epoch: int,
     heldout: Sequence[Batch],
     config: StageConfig,
-    device: torch.device,
-) -> StageResult:
+    accelerator: Any,
+) -> LoopResult:
     """Train ``approx`` for ``config.epochs`` epochs and leave it at the best held-out attention KL.
 
-    ``epoch_batches(epoch)`` yields the (already shuffled/augmented) batches of one epoch. The state at the
-    start of the stage is a candidate too, so a stage can never make the kept model worse on held-out data.
+    ``epoch_batches(epoch)`` yields the (already shuffled/augmented) batches of one epoch, the same on
+    every process. The state at the start of the stage is a candidate too, so a stage can never make the
+    kept model worse on held-out data.
     """
-    from tqdm.auto import tqdm
-
     adapter = HFTextClassifierAdapter(teacher)
     teacher.eval()
+    approx.to(accelerator.device)
+    wrapped = accelerator.prepare_model(DistillObjective(approx, adapter, config.weights))
+
+    def evaluate() -> dict[str, Any]:
+        quality = sharded_quality(approx, adapter, heldout, accelerator, config.dtype)
+        return {"score": -quality["kl"], "heldout_kl": quality["kl"], "heldout_mse": quality["mse"]}
+
+    loop = LoopConfig(
+        name=f"{config.name} stage", epochs=config.epochs, batches_per_epoch=batches_per_epoch,
+        dtype=config.dtype, max_grad_norm=config.grad_clip, eval_every=config.eval_every, eval_at_start=True,
+        progress=config.progress,
+    )  # fmt: skip
     optimizer = build_optimizer(approx, config.lr, config.weight_decay)
-    result = StageResult(config.name, 0, 0, 0.0, best={})
-
-    def evaluate(epoch: float, step: int) -> None:
-        quality = attention_quality(approx, adapter, heldout, device=device, dtype=config.dtype)
-        record = {"epoch": epoch, "step": step, "heldout_kl": quality["kl"], "heldout_mse": quality["mse"]}
-        result.evaluations.append(record)
-        improved = not result.best or quality["kl"] < result.best["heldout_kl"]
-        if improved:
-            result.best = dict(record)
-            best_state[0] = {k: v.detach().to("cpu", copy=True) for k, v in approx.state_dict().items()}
-        log.info(
-            "%s stage: epoch %.2f step %d held-out KL %.4f MSE %.6f%s",
-            config.name, epoch, step, quality["kl"], quality["mse"], " (best)" if improved else "",
-        )  # fmt: skip
-
-    best_state: list[dict[str, torch.Tensor] | None] = [None]
-    evaluate(0.0, 0)
-    start = time.perf_counter()
-    total_steps = steps_per_epoch * config.epochs
-    desc = f"distill[{config.name}]"
-    show_bar = config.progress and sys.stderr.isatty()
-    bar = tqdm(total=total_steps, desc=desc, disable=not show_bar, mininterval=2.0)
-    step = 0
-    train_seconds = 0.0
-    last_report = time.perf_counter()
-    try:
-        for epoch in range(config.epochs):
-            approx.train()
-            sums: dict[str, float] = {}
-            n_batches = 0
-            for raw in epoch_batches(epoch):
-                step_start = time.perf_counter()
-                batch = _to_device(raw, device)
-                with autocast(device, config.dtype):
-                    target = teacher_targets(adapter, batch)
-                    loss = distill_loss(approx, batch, target, config.weights)
-                if not torch.isfinite(loss.total):
-                    raise SttabtError(
-                        f"{config.name} distillation diverged at step {step} (loss {float(loss.total)}); "
-                        "lower --lr or use --dtype fp32"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.total.backward()
-                if config.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(approx.parameters(), config.grad_clip)
-                optimizer.step()
-                step += 1
-                n_batches += 1
-                result.examples += int(batch["input_ids"].shape[0])
-                for key, value in loss.item_dict().items():
-                    sums[key] = sums.get(key, 0.0) + value
-                now = time.perf_counter()
-                train_seconds += now - step_start
-                rate = result.examples / max(train_seconds, 1e-9)
-                bar.update(1)
-                total, att = float(loss.total.detach()), float(loss.att.detach())
-                bar.set_postfix(loss=f"{total:.4f}", att=f"{att:.4f}", ex_s=f"{rate:.1f}", refresh=False)
-                if config.progress and not show_bar and now - last_report >= 60.0:
-                    last_report = now
-                    log.info(
-                        "%s stage: step %d/%d, loss %.4f (att %.4f), %.1f examples/s",
-                        config.name, step, total_steps, total, att, rate,
-                    )  # fmt: skip
-                if config.eval_every and step % config.eval_every == 0 and step % steps_per_epoch:
-                    evaluate(epoch + n_batches / max(steps_per_epoch, 1), step)
-                    approx.train()
-            means = {f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()}
-            result.epochs.append({"epoch": epoch + 1, "steps": n_batches, **means})
-            log.info(
-                "%s stage: epoch %d/%d train loss %.4f (att %.4f hid %.4f emb %.4f pred %.4f)",
-                config.name, epoch + 1, config.epochs, means.get("train_total", math.nan),
-                means.get("train_att", math.nan), means.get("train_hid", math.nan),
-                means.get("train_emb", math.nan), means.get("train_pred", math.nan),
-            )  # fmt: skip
-            evaluate(float(epoch + 1), step)
-    finally:
-        bar.close()
-    result.steps = step
-    result.seconds = time.perf_counter() - start
-    result.train_seconds = train_seconds
-    result.examples_per_s = result.examples / train_seconds if train_seconds > 0 else 0.0
-    if best_state[0] is not None:
-        approx.load_state_dict(best_state[0])
+    result = train_loop(accelerator, approx, wrapped, optimizer, epoch_batches, loop, evaluate=evaluate)
     approx.eval()
     return result
 
@@ -442,177 +402,283 @@ def general_lines(examples: Sequence[Any], limit: int | None = None) -> list[str
     return list(seen)
 
 
-def distill(config: DistillConfig) -> dict[str, Any]:
-    """Run general and/or task distillation, write the ApproxNet and its log; return the log."""
-    import platform
-    from datetime import UTC, datetime
-    from pathlib import Path
+@dataclass
+class _Teacher:
+    model: nn.Module
+    tokenizer: Any
+    path: str
+    fingerprint: str
 
-    from sttabt.approxnet import teacher_architecture, teacher_fingerprint
-    from sttabt.core.flops import dense_cost
-    from sttabt.data import Example, batches, encode, get_task, load_examples, split_train_heldout
-    from sttabt.models import load_text_classifier, resolve_model_path
-    from sttabt.train.augment import GlueLikeAugmenter, SpecialTokens, read_corpus
-    from sttabt.utils import atomic_directory, atomic_write_json, resolve_device, set_seed
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+
+@dataclass
+class _Data:
+    """The task's train features, held-out batches (selection) and dev batches (the quality report)."""
+
+    train_examples: list[Any]
+    train: list[dict[str, Any]]
+    heldout: list[Batch]
+    dev: list[Batch]
+    counts: dict[str, int]
+
+
+def distill(config: DistillConfig) -> dict[str, Any]:
+    """Run general and/or task distillation, write the ApproxNet and its log; return the log.
+
+    Under ``accelerate launch``/``torchrun`` every process trains on its share of each epoch's batches
+    (``--batch-size`` per process) and evaluates its share of the held-out and dev batches; only the main
+    process writes the output.
+    """
+    from sttabt.data import get_task, load_examples
 
     started = time.perf_counter()
     config.validate()
     spec = get_task(config.task)
-    device = resolve_device(config.device)
-    if config.dtype == "fp16" and device.type == "cpu":
-        raise SttabtError("fp16 is not supported on CPU; use --dtype bf16")
+    accelerator = make_accelerator(config.device, find_unused_parameters=True)
+    autocast(accelerator.device, config.dtype)  # refuses fp16 on CPU before any loading
     set_seed(config.seed)
-
-    teacher, tokenizer = load_text_classifier(config.teacher)
-    if int(teacher.config.num_labels) != spec.num_labels:
+    pool = load_examples(spec.name, "train", config.data_dir, limit=config.max_train_examples)
+    dev_ex = load_examples(spec.name, "dev", config.data_dir, limit=config.quality_examples)
+    corpus = (
+        _general_corpus(config, spec.name, pool) if config.general_epochs > 0 and not config.init else None
+    )
+    teacher = _load_teacher(config.teacher, spec)
+    if config.max_length > int(getattr(teacher.model.config, "max_position_embeddings", config.max_length)):
         raise SttabtError(
-            f"the teacher {config.teacher} has {teacher.config.num_labels} outputs but {spec.name} has "
+            f"max length {config.max_length} exceeds the teacher's "
+            f"{teacher.model.config.max_position_embeddings} positions"
+        )
+    teacher.model.to(accelerator.device).eval()
+    data = _encode_data(config, pool, dev_ex, teacher)
+    approx, start_label = _initial_approx(config, teacher)
+    approx.to(accelerator.device)
+    _info(
+        accelerator, "distilling a factor-%d ApproxNet (%s) of %s for %s on %s (%s), %d process(es): "
+        "%d train / %d held-out / %d dev examples", approx.factor,
+        "from " + config.init if config.init else config.init_mode + " init", teacher.path, spec.name,
+        accelerator.device, config.dtype, accelerator.num_processes, data.counts["train"],
+        data.counts["heldout"], data.counts["dev"],
+    )  # fmt: skip
+
+    def quality(label: str) -> dict[str, float]:
+        result = sharded_quality(approx, teacher.model, data.dev, accelerator, config.dtype)
+        _info(
+            accelerator, "%s ApproxNet, dev attention: KL %.4f MSE %.6f", label, result["kl"], result["mse"]
+        )
+        return result
+
+    qualities: dict[str, Any] = {"split": "dev", "examples": len(dev_ex), start_label: quality(start_label)}
+    stages: dict[str, Any] = {}
+    general_snapshot = None
+    if corpus is not None:
+        stages["general"], general_snapshot = _general_stage(
+            config, approx, teacher, corpus, data, accelerator
+        )
+        qualities["general"] = quality("general")
+    if config.epochs > 0:
+        stages["task"] = _task_stage(config, approx, teacher, data, accelerator)
+    approx.approx_config.teacher_path = teacher.path
+    approx.approx_config.teacher_fingerprint = teacher.fingerprint
+    qualities["distilled"] = quality("distilled")
+
+    record = _record(config, spec.name, teacher, approx, data, stages, qualities, accelerator)
+    record["wall_seconds"] = time.perf_counter() - started
+    record["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    if accelerator.is_main_process:
+        _write(config.output, approx, general_snapshot, record)
+        log.info("saved the ApproxNet to %s", config.output)
+    accelerator.wait_for_everyone()
+    return record
+
+
+def _info(accelerator: Any, message: str, *args: Any) -> None:
+    if accelerator.is_main_process:
+        log.info(message, *args)
+
+
+def _load_teacher(name: str, spec: Any) -> _Teacher:
+    from sttabt.approxnet import teacher_fingerprint
+    from sttabt.models import load_text_classifier, resolve_model_path
+
+    model, tokenizer = load_text_classifier(name)
+    if int(model.config.num_labels) != spec.num_labels:
+        raise SttabtError(
+            f"the teacher {name} has {model.config.num_labels} outputs but {spec.name} has "
             f"{spec.num_labels} labels; pass the teacher fine-tuned on {spec.name}"
         )
-    max_pos = int(getattr(teacher.config, "max_position_embeddings", config.max_length))
-    if config.max_length > max_pos:
-        raise SttabtError(f"max length {config.max_length} exceeds the teacher's {max_pos} positions")
-    pad_id = tokenizer.pad_token_id
-    if pad_id is None:
-        raise SttabtError(f"the tokenizer of {config.teacher} has no padding token")
-    teacher.to(device).eval()
-    teacher_path = resolve_model_path(config.teacher)
-    fingerprint = teacher_fingerprint(teacher)
+    if tokenizer.pad_token_id is None:
+        raise SttabtError(f"the tokenizer of {name} has no padding token")
+    return _Teacher(model, tokenizer, resolve_model_path(name), teacher_fingerprint(model))
 
-    pool = load_examples(spec.name, "train", config.data_dir, limit=config.max_train_examples)
+
+def _encode_data(config: DistillConfig, pool: list[Any], dev_ex: list[Any], teacher: _Teacher) -> _Data:
+    """Encode train, held-out and dev; evaluation batches are grouped by length (less padding)."""
+    from sttabt.data import batches, encode, split_train_heldout
+
     train_ex, held_ex = split_train_heldout(pool, config.heldout_fraction, config.seed)
     if config.max_heldout_examples is not None:
         held_ex = held_ex[: config.max_heldout_examples]
-    dev_ex = load_examples(spec.name, "dev", config.data_dir, limit=config.quality_examples)
-    train_f = encode(tokenizer, train_ex, config.max_length)
-    held_f = encode(tokenizer, held_ex, config.max_length)
 
-    # Quality is a per-example mean, so evaluation batches can be grouped by length (less padding).
-    def by_length(feats: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return sorted(feats, key=lambda f: len(f["input_ids"]))
+    def eval_batches(examples: list[Any]) -> list[Batch]:
+        feats = sorted(
+            encode(teacher.tokenizer, examples, config.max_length), key=lambda f: len(f["input_ids"])
+        )
+        return list(batches(feats, config.eval_batch_size, teacher.pad_id))
 
-    held_batches = list(batches(by_length(held_f), config.eval_batch_size, pad_id))
-    dev_f = encode(tokenizer, dev_ex, config.max_length)
-    dev_batches = list(batches(by_length(dev_f), config.eval_batch_size, pad_id))
+    counts = {"train": len(train_ex), "heldout": len(held_ex), "dev": len(dev_ex)}
+    train_f = encode(teacher.tokenizer, train_ex, config.max_length)
+    return _Data(train_ex, train_f, eval_batches(held_ex), eval_batches(dev_ex), counts)
 
+
+def _initial_approx(config: DistillConfig, teacher: _Teacher) -> tuple[ApproxNet, str]:
+    """A saved general-stage ApproxNet (``--init``) or a new one for the teacher; and its quality label."""
     if config.init:
         approx = ApproxNet.load(config.init)
-        approx.check_teacher(teacher, fingerprint=False)  # a general-stage net may come from the base model
+        approx.check_teacher(teacher.model, fingerprint=False)  # a general-stage net may come from the base
         if config.factor is not None and config.factor != approx.factor:
             raise SttabtError(
                 f"--init {config.init} has factor {approx.factor}, not --factor {config.factor}"
             )
-        start_label = "init"
-    else:
-        approx = ApproxNet.from_teacher(
-            teacher, config.factor or 4, init=config.init_mode, teacher_path=teacher_path,
-            fingerprint=fingerprint,
-        )  # fmt: skip
-        start_label = "untrained"
-    approx.to(device)
-    factor = approx.factor
-    log.info(
-        "distilling a factor-%d ApproxNet (%s) of %s for %s on %s (%s): "
-        "%d train / %d held-out / %d dev examples",
-        factor, "from " + config.init if config.init else config.init_mode + " init", teacher_path, spec.name,
-        device, config.dtype, len(train_f), len(held_ex), len(dev_ex),
+        return approx, "init"
+    approx = ApproxNet.from_teacher(
+        teacher.model, config.factor or 4, init=config.init_mode, teacher_path=teacher.path,
+        fingerprint=teacher.fingerprint,
+    )  # fmt: skip
+    return approx, "untrained"
+
+
+def _stage_config(config: DistillConfig, name: str, epochs: int, weights: LossWeights) -> StageConfig:
+    return StageConfig(
+        name=name, epochs=epochs, weights=weights, lr=config.lr, weight_decay=config.weight_decay,
+        grad_clip=config.grad_clip, dtype=config.dtype, eval_every=config.eval_every,
+        progress=config.progress,
     )  # fmt: skip
 
-    def quality() -> dict[str, float]:
-        return attention_quality(approx, teacher, dev_batches, device=device, dtype=config.dtype)
 
-    qualities: dict[str, Any] = {"split": "dev", "examples": len(dev_ex), start_label: quality()}
-    log.info("%s ApproxNet, dev attention: KL %.4f MSE %.6f", start_label, qualities[start_label]["kl"],
-             qualities[start_label]["mse"])  # fmt: skip
+def _general_corpus(config: DistillConfig, task: str, pool: list[Any]) -> tuple[list[str], str]:
+    """The general stage's lines (a corpus file, or the task's train inputs) and how to name them."""
+    from pathlib import Path
 
-    def stage_config(name: str, epochs: int, weights: LossWeights) -> StageConfig:
-        return StageConfig(
-            name=name, epochs=epochs, weights=weights, lr=config.lr, weight_decay=config.weight_decay,
-            grad_clip=config.grad_clip, dtype=config.dtype, eval_every=config.eval_every,
-            progress=config.progress,
-        )  # fmt: skip
+    from sttabt.train.augment import read_corpus
 
-    stages: dict[str, Any] = {}
-    general_snapshot: ApproxNet | None = None
-    if config.general_epochs > 0 and not config.init:
-        if config.general_teacher and config.general_teacher != config.teacher:
-            general_teacher, _ = load_text_classifier(config.general_teacher)
-            general_teacher.to(device).eval()
-            general_teacher_path = resolve_model_path(config.general_teacher)
-            sizes = ("model_type", "num_layers", "hidden_size", "num_heads", "intermediate_size",
-                     "vocab_size")  # fmt: skip
-            general_arch, task_arch = teacher_architecture(general_teacher), teacher_architecture(teacher)
-            if any(general_arch[k] != task_arch[k] for k in sizes):
-                raise SttabtError(
-                    f"the general teacher {config.general_teacher} must have the task teacher's architecture "
-                    f"and vocabulary ({', '.join(sizes)})"
-                )
-        else:
-            general_teacher, general_teacher_path = teacher, teacher_path
-        if config.general_corpus:
-            lines = read_corpus(config.general_corpus, limit=config.max_general_examples)
-            corpus_name = str(Path(config.general_corpus).resolve())
-        else:
-            lines = general_lines(train_ex, config.max_general_examples)
-            corpus_name = f"{spec.name} train inputs"
-        augmenter = GlueLikeAugmenter(lines, SpecialTokens.from_tokenizer(tokenizer), seed=config.seed)
+    if config.general_corpus:
+        lines = read_corpus(config.general_corpus, limit=config.max_general_examples)
+        return lines, str(Path(config.general_corpus).resolve())
+    from sttabt.data import split_train_heldout
 
-        def general_batches(epoch: int) -> Iterator[Batch]:
-            texts = [augmenter(i, epoch) for i in range(len(augmenter))]
-            feats = encode(tokenizer, [Example(t, None, 0) for t in texts], config.max_length)
-            return length_grouped_batches(feats, config.batch_size, pad_id, seed=config.seed * 7919 + epoch)
+    train_ex, _ = split_train_heldout(pool, config.heldout_fraction, config.seed)
+    return general_lines(train_ex, config.max_general_examples), f"{task} train inputs"
 
-        steps = math.ceil(len(lines) / config.batch_size)
-        log.info(
-            "general stage: %d lines from %s, %d epoch(s)", len(lines), corpus_name, config.general_epochs
+
+def _general_teacher(config: DistillConfig, teacher: _Teacher, device: torch.device) -> tuple[nn.Module, str]:
+    """The general stage's teacher: ``--general-teacher`` (same architecture) or the task teacher."""
+    from sttabt.approxnet import teacher_architecture
+    from sttabt.models import load_text_classifier, resolve_model_path
+
+    if not config.general_teacher or config.general_teacher == config.teacher:
+        return teacher.model, teacher.path
+    model, _ = load_text_classifier(config.general_teacher)
+    sizes = ("model_type", "num_layers", "hidden_size", "num_heads", "intermediate_size", "vocab_size")
+    general_arch, task_arch = teacher_architecture(model), teacher_architecture(teacher.model)
+    if any(general_arch[k] != task_arch[k] for k in sizes):
+        raise SttabtError(
+            f"the general teacher {config.general_teacher} must have the task teacher's architecture "
+            f"and vocabulary ({', '.join(sizes)})"
         )
-        result = run_stage(
-            approx, general_teacher, general_batches, steps, held_batches,
-            stage_config("general", config.general_epochs, GENERAL_WEIGHTS), device,
-        )  # fmt: skip
-        stages["general"] = {**result.to_dict(), "corpus": corpus_name, "lines": len(lines),
-                             "teacher": general_teacher_path}  # fmt: skip
-        approx.approx_config.stage = "general"
-        approx.approx_config.history.append(
-            {"stage": "general", "teacher": general_teacher_path, "corpus": corpus_name, **result.best}
+    return model.to(device).eval(), resolve_model_path(config.general_teacher)
+
+
+def _general_stage(
+    config: DistillConfig, approx: ApproxNet, teacher: _Teacher, corpus: tuple[list[str], str], data: _Data,
+    accelerator: Any,
+) -> tuple[dict[str, Any], ApproxNet]:  # fmt: skip
+    """Stage 1 on GLUE-like augmented text; returns its log entry and a CPU copy of the result."""
+    from sttabt.approxnet import teacher_fingerprint
+    from sttabt.data import Example, encode
+    from sttabt.train.augment import GlueLikeAugmenter, SpecialTokens
+
+    lines, corpus_name = corpus
+    general_teacher, general_path = _general_teacher(config, teacher, accelerator.device)
+    augmenter = GlueLikeAugmenter(lines, SpecialTokens.from_tokenizer(teacher.tokenizer), seed=config.seed)
+
+    def general_batches(epoch: int) -> Iterator[Batch]:
+        texts = [augmenter(i, epoch) for i in range(len(augmenter))]
+        feats = encode(teacher.tokenizer, [Example(t, None, 0) for t in texts], config.max_length)
+        return length_grouped_batches(
+            feats, config.batch_size, teacher.pad_id, seed=config.seed * 7919 + epoch
         )
-        if general_teacher is not teacher:
-            approx.approx_config.teacher_path = general_teacher_path
-            approx.approx_config.teacher_fingerprint = teacher_fingerprint(general_teacher)
-        general_snapshot = copy.deepcopy(approx).cpu()
-        qualities["general"] = quality()
-        log.info("after general distillation, dev attention: KL %.4f MSE %.6f", qualities["general"]["kl"],
-                 qualities["general"]["mse"])  # fmt: skip
 
-    if config.epochs > 0:
+    _info(accelerator, "general stage: %d lines from %s, %d epoch(s)", len(lines), corpus_name,
+          config.general_epochs)  # fmt: skip
+    result = run_stage(
+        approx, general_teacher, general_batches, math.ceil(len(lines) / config.batch_size), data.heldout,
+        _stage_config(config, "general", config.general_epochs, GENERAL_WEIGHTS), accelerator,
+    )  # fmt: skip
+    approx.approx_config.stage = "general"
+    approx.approx_config.history.append(
+        {"stage": "general", "teacher": general_path, "corpus": corpus_name, **_best(result)}
+    )
+    if general_teacher is not teacher.model:
+        approx.approx_config.teacher_path = general_path
+        approx.approx_config.teacher_fingerprint = teacher_fingerprint(general_teacher)
+    entry = {**result.to_dict(), "name": "general", "corpus": corpus_name, "lines": len(lines),
+             "teacher": general_path}  # fmt: skip
+    return entry, copy.deepcopy(approx).cpu()
 
-        def task_batches(epoch: int) -> Iterator[Batch]:
-            seed = config.seed * 7919 + 1000 + epoch
-            return length_grouped_batches(train_f, config.batch_size, pad_id, seed=seed)
 
-        steps = math.ceil(len(train_f) / config.batch_size)
-        result = run_stage(
-            approx, teacher, task_batches, steps, held_batches,
-            stage_config("task", config.epochs, TASK_WEIGHTS), device,
-        )  # fmt: skip
-        stages["task"] = {**result.to_dict(), "examples_per_epoch": len(train_f), "teacher": teacher_path}
-        approx.approx_config.stage = "task"
-        approx.approx_config.history.append({"stage": "task", "teacher": teacher_path, **result.best})
-    approx.approx_config.teacher_path = teacher_path
-    approx.approx_config.teacher_fingerprint = fingerprint
-    final_label = "distilled"
-    qualities[final_label] = quality()
-    log.info("distilled ApproxNet, dev attention: KL %.4f MSE %.6f", qualities[final_label]["kl"],
-             qualities[final_label]["mse"])  # fmt: skip
+def _task_stage(
+    config: DistillConfig, approx: ApproxNet, teacher: _Teacher, data: _Data, accelerator: Any
+) -> dict[str, Any]:
+    """Stage 2 on the task's training inputs (the teacher's outputs are the targets)."""
+
+    def task_batches(epoch: int) -> Iterator[Batch]:
+        seed = config.seed * 7919 + 1000 + epoch
+        return length_grouped_batches(data.train, config.batch_size, teacher.pad_id, seed=seed)
+
+    result = run_stage(
+        approx, teacher.model, task_batches, math.ceil(len(data.train) / config.batch_size), data.heldout,
+        _stage_config(config, "task", config.epochs, TASK_WEIGHTS), accelerator,
+    )  # fmt: skip
+    approx.approx_config.stage = "task"
+    approx.approx_config.history.append({"stage": "task", "teacher": teacher.path, **_best(result)})
+    return {
+        **result.to_dict(),
+        "name": "task",
+        "examples_per_epoch": len(data.train),
+        "teacher": teacher.path,
+    }
+
+
+def _best(result: LoopResult) -> dict[str, Any]:
+    return {k: v for k, v in result.best.items() if k != "score"}
+
+
+def _record(
+    config: DistillConfig, task: str, teacher: _Teacher, approx: ApproxNet, data: _Data,
+    stages: dict[str, Any], qualities: dict[str, Any], accelerator: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """``distill_log.json``: config, teacher, the ApproxNet and its cost, stages, quality, environment."""
+    import platform
+    from pathlib import Path
+
+    from sttabt.approxnet import teacher_architecture
+    from sttabt.core.flops import dense_cost
 
     shape = approx.cost_shape()
     lengths = torch.tensor([128])
     approx_flops = float(dense_cost(shape, lengths).flops[0])
-    teacher_flops = float(dense_cost(HFTextClassifierAdapter(teacher).shape, lengths).flops[0])
-    record: dict[str, Any] = {
+    teacher_flops = float(dense_cost(HFTextClassifierAdapter(teacher.model).shape, lengths).flops[0])
+    return {
         "config": asdict(config),
-        "task": spec.name,
-        "teacher": {"path": teacher_path, "fingerprint": fingerprint, **teacher_architecture(teacher)},
+        "task": task,
+        "teacher": {
+            "path": teacher.path,
+            "fingerprint": teacher.fingerprint,
+            **teacher_architecture(teacher.model),
+        },  # fmt: skip
         "approxnet": {
             **approx.approx_config.to_dict(),
             "shape": asdict(shape),
@@ -624,11 +690,12 @@ def distill(config: DistillConfig) -> dict[str, Any]:
             "teacher_flops_at_128_tokens": teacher_flops,
             "relative_flops_at_128_tokens": approx_flops / teacher_flops,
         },
-        "examples": {"train": len(train_f), "heldout": len(held_ex), "dev": len(dev_ex)},
+        "examples": data.counts,
         "stages": stages,
         "quality": qualities,
         "environment": {
-            "device": str(device),
+            "processes": accelerator.num_processes,
+            "device": str(accelerator.device),
             "dtype": config.dtype,
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
@@ -636,17 +703,17 @@ def distill(config: DistillConfig) -> dict[str, Any]:
         },
         "output": str(Path(config.output).resolve()),
     }
-    record["wall_seconds"] = time.perf_counter() - started
-    record["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _write(output: str, approx: ApproxNet, general: ApproxNet | None, record: dict[str, Any]) -> None:
+    """The ApproxNet, its general-stage snapshot (``general/``) and the log, in one atomic directory."""
     approx.cpu()
-    with atomic_directory(config.output) as tmp:
+    with atomic_directory(output) as tmp:
         approx.write_into(tmp)
-        if general_snapshot is not None:
+        if general is not None:
             (tmp / GENERAL_SUBDIR).mkdir()
-            general_snapshot.write_into(tmp / GENERAL_SUBDIR)
+            general.write_into(tmp / GENERAL_SUBDIR)
         atomic_write_json(tmp / LOG_NAME, record)
-    log.info("saved the ApproxNet to %s", config.output)
-    return record
 
 
 def summary_line(record: dict[str, Any]) -> str:

@@ -19,9 +19,8 @@ import logging
 import math
 import os
 import platform
-import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +31,9 @@ import torch
 from sttabt.data import LABEL_NAMES, batches, encode, get_task, load_examples, split_train_heldout
 from sttabt.errors import SttabtError
 from sttabt.metrics import compute_metrics, primary_metric
-from sttabt.utils import DTYPES, atomic_directory, atomic_write_json, set_seed
+from sttabt.progress import track
+from sttabt.train.loop import LoopConfig, make_accelerator, steps_per_epoch, train_loop
+from sttabt.utils import DTYPES, atomic_directory, atomic_write_json, autocast, set_seed
 
 log = logging.getLogger(__name__)
 
@@ -101,21 +102,72 @@ class FinetuneConfig:
         get_task(self.task)
 
 
+@dataclass
+class _Data:
+    """Encoded train / held-out / dev features of one run."""
+
+    train: list[dict[str, Any]]
+    heldout: list[dict[str, Any]]
+    dev: list[dict[str, Any]]
+
+
 def finetune(config: FinetuneConfig) -> dict[str, Any]:
     """Train, keep the best held-out epoch, score it on dev, save it; return the training log."""
     started = time.perf_counter()
     config.validate()
     spec = get_task(config.task)
-    accelerator = _make_accelerator(config.device, config.dtype)
-    main = accelerator.is_main_process
+    accelerator = make_accelerator(config.device)
+    autocast(accelerator.device, config.dtype)  # refuses fp16 on CPU before any loading
+    examples = _load_examples(config, spec)  # data errors come before the model is loaded
+    model, tokenizer = _load_model(config, spec)
+    data = _Data(*(encode(tokenizer, part, config.max_length) for part in examples))
+    pad_id = tokenizer.pad_token_id
+    loop = LoopConfig(
+        name="fine-tuning", epochs=config.epochs,
+        batches_per_epoch=math.ceil(len(data.train) / config.batch_size),
+        dtype=config.dtype, max_grad_norm=config.max_grad_norm, progress=config.progress,
+    )  # fmt: skip
+    steps = steps_per_epoch(loop.batches_per_epoch, accelerator.num_processes)
+    optimizer, scheduler = _optimizer(model, config, steps * config.epochs)
+    wrapped = accelerator.prepare_model(model)
+    if accelerator.is_main_process:
+        log.info(
+            "fine-tuning %s on %s: %d train / %d held-out / %d dev examples, %d steps per epoch x %d epochs, "
+            "%d process(es) on %s, %s",
+            config.model, spec.name, len(data.train), len(data.heldout), len(data.dev), steps, config.epochs,
+            accelerator.num_processes, accelerator.device, config.dtype,
+        )  # fmt: skip
 
-    pool = load_examples(spec.name, "train", config.data_dir, limit=config.max_train_examples)
-    train_ex, held_ex = split_train_heldout(pool, config.heldout_fraction, config.seed)
-    if config.max_heldout_examples is not None:
-        held_ex = held_ex[: config.max_heldout_examples]
-    dev_ex = load_examples(spec.name, "dev", config.data_dir) if config.eval_dev else []
+    def loss_fn(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"loss": wrapped(**batch).loss}
 
-    from sttabt.models import load_text_classifier, resolve_model_path
+    def epoch_batches(epoch: int):
+        seed = config.seed * 1000 + epoch + 1  # epochs count from 1 here, as they always did
+        return batches(data.train, config.batch_size, pad_id, shuffle=True, seed=seed,
+                       group_by_length=config.group_by_length)  # fmt: skip
+
+    def evaluate() -> dict[str, Any]:
+        metrics, rate, seconds = _evaluate(model, data.heldout, spec.name, accelerator, config, pad_id)
+        return {"score": metrics[primary_metric(spec.name)], "heldout": metrics,
+                "heldout_examples_per_s": rate, "heldout_seconds": seconds}  # fmt: skip
+
+    result = train_loop(accelerator, model, loss_fn, optimizer, epoch_batches, loop,
+                        evaluate=evaluate if data.heldout else None, scheduler=scheduler)  # fmt: skip
+    dev_record = _dev_record(model, data.dev, spec.name, accelerator, config, pad_id)
+    warmup = round(config.warmup_ratio * steps * config.epochs)
+    record = _record(config, spec, data, result, dev_record, accelerator, steps, warmup)
+    record["wall_seconds"] = time.perf_counter() - started
+    record["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    if accelerator.is_main_process:
+        _save(model, tokenizer, config.output, record)
+        log.info("saved the epoch-%d model to %s", record["best_epoch"], config.output)
+    accelerator.wait_for_everyone()
+    return record
+
+
+def _load_model(config: FinetuneConfig, spec: Any) -> tuple[torch.nn.Module, Any]:
+    """The backbone with a head for the task (drawn from the seed), checked against the run's lengths."""
+    from sttabt.models import load_text_classifier
 
     set_seed(config.seed)  # the new classification head is drawn from this seed
     problem_type = "regression" if spec.is_regression else "single_label_classification"
@@ -123,114 +175,87 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         config.model, num_labels=spec.num_labels, problem_type=problem_type
     )
     _set_label_names(model, spec.name)
-    pad_id = tokenizer.pad_token_id
-    if pad_id is None:
+    if tokenizer.pad_token_id is None:
         raise SttabtError(f"the tokenizer of {config.model!r} has no padding token")
     max_pos = getattr(model.config, "max_position_embeddings", None)
     if max_pos is not None and config.max_length > max_pos:
         raise SttabtError(f"max length {config.max_length} exceeds the model's {max_pos} positions")
+    return model, tokenizer
 
-    train_f = encode(tokenizer, train_ex, config.max_length)
-    held_f = encode(tokenizer, held_ex, config.max_length)
-    dev_f = encode(tokenizer, dev_ex, config.max_length)
 
-    procs = accelerator.num_processes
-    global_batches = math.ceil(len(train_f) / config.batch_size)
-    steps_per_epoch = global_batches // procs
-    if steps_per_epoch == 0:
-        raise SttabtError(f"{len(train_f)} training examples make fewer batches than the {procs} processes")
-    total_steps = steps_per_epoch * config.epochs
-    warmup_steps = round(config.warmup_ratio * total_steps)
+def _load_examples(config: FinetuneConfig, spec: Any) -> tuple[list[Any], list[Any], list[Any]]:
+    """Train, held-out (a seeded slice of train) and dev examples."""
+    pool = load_examples(spec.name, "train", config.data_dir, limit=config.max_train_examples)
+    train_ex, held_ex = split_train_heldout(pool, config.heldout_fraction, config.seed)
+    if config.max_heldout_examples is not None:
+        held_ex = held_ex[: config.max_heldout_examples]
+    dev_ex = load_examples(spec.name, "dev", config.data_dir) if config.eval_dev else []
+    return train_ex, held_ex, dev_ex
 
+
+def _optimizer(model: torch.nn.Module, config: FinetuneConfig, total_steps: int):
+    """AdamW and the linear warm-up/decay schedule, stepped once per optimiser step."""
     from transformers import get_linear_schedule_with_warmup
 
     optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
-    # Accelerate steps a prepared scheduler once per process per optimiser step, so it counts in
-    # process-steps.
-    scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps * procs, total_steps * procs)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    bare = accelerator.unwrap_model(model)
-    metric = primary_metric(spec.name)
-    show_bar = config.progress and accelerator.is_local_main_process and sys.stderr.isatty()
+    warmup = round(config.warmup_ratio * total_steps)
+    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
 
-    if main:
-        log.info(
-            "fine-tuning %s on %s: %d train / %d held-out / %d dev examples, %d steps per epoch x %d epochs, "
-            "%d process(es) on %s, %s",
-            config.model, spec.name, len(train_f), len(held_f), len(dev_f), steps_per_epoch, config.epochs,
-            procs, accelerator.device, config.dtype,
-        )  # fmt: skip
 
-    epochs: list[dict[str, Any]] = []
-    best_state: dict[str, torch.Tensor] | None = None
-    best_epoch, best_score = 0, -math.inf
-    for epoch in range(1, config.epochs + 1):
-        record = _train_epoch(
-            model, optimizer, scheduler, accelerator, train_f, config, pad_id, epoch, steps_per_epoch,
-            show_bar,
-        )  # fmt: skip
-        if held_f:
-            held_metrics, held_rate, held_s = _evaluate(bare, held_f, spec.name, accelerator, config, pad_id)
-            record.update(heldout=held_metrics, heldout_examples_per_s=held_rate, heldout_seconds=held_s)
-            score = held_metrics[metric]
-        else:
-            score = float(epoch)  # no held-out slice: the last epoch wins
-        epochs.append(record)
-        if main:
-            held_txt = f", held-out {metric}={record['heldout'][metric]:.4f}" if held_f else ""
-            log.info(
-                "epoch %d/%d: loss %.4f, %.1f train examples/s%s",
-                epoch, config.epochs, record["train_loss"], record["train_examples_per_s"], held_txt,
-            )  # fmt: skip
-        if score > best_score:
-            best_epoch, best_score = epoch, score
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in bare.state_dict().items()}
+def _dev_record(model, features, task: str, accelerator, config: FinetuneConfig, pad_id: int):
+    """The one score on the reported split, of the selected model (None when dev is skipped)."""
+    if not features:
+        return None
+    metrics, rate, seconds = _evaluate(
+        model, features, task, accelerator, config, pad_id, desc="dev evaluation"
+    )
+    return {"split": _DEV_FILE.get(task, "dev"), "examples": len(features), "metrics": metrics,
+            "examples_per_s": rate, "seconds": seconds}  # fmt: skip
 
-    assert best_state is not None
-    bare.load_state_dict(best_state)
-    dev_record: dict[str, Any] | None = None
-    if dev_f:
-        dev_metrics, dev_rate, dev_s = _evaluate(bare, dev_f, spec.name, accelerator, config, pad_id)
-        dev_record = {"split": _DEV_FILE.get(spec.name, "dev"), "examples": len(dev_f),
-                      "metrics": dev_metrics, "examples_per_s": dev_rate, "seconds": dev_s}  # fmt: skip
 
-    train_rates = [e["train_examples_per_s"] for e in epochs]
+def _record(
+    config, spec, data: _Data, result, dev_record, accelerator, steps: int, warmup: int
+) -> dict[str, Any]:
+    """The training log: config, data sizes, every epoch, the selected one, dev, throughput, environment."""
+    from sttabt.models import resolve_model_path
+
+    held_keys = ("heldout", "heldout_examples_per_s", "heldout_seconds")
+    epochs = []
+    for entry in result.epochs:
+        evaluation = entry.get("evaluation") or {}
+        epochs.append({**{k: v for k, v in entry.items() if k != "evaluation"},
+                       **{k: evaluation[k] for k in held_keys if k in evaluation}})  # fmt: skip
+    best_epoch = int(result.best["epoch"]) if result.best else len(epochs)
+    rates = [e["train_examples_per_s"] for e in epochs]
     train_seconds = sum(e["train_seconds"] for e in epochs)
-    record_out: dict[str, Any] = {
+    return {
         "config": asdict(config),
         "task": asdict(spec),
         "model_path": resolve_model_path(config.model),
-        "primary_metric": metric,
-        "examples": {"train": len(train_f), "heldout": len(held_f), "dev": len(dev_f)},
-        "steps_per_epoch": steps_per_epoch,
-        "warmup_steps": warmup_steps,
+        "primary_metric": primary_metric(spec.name),
+        "examples": {"train": len(data.train), "heldout": len(data.heldout), "dev": len(data.dev)},
+        "steps_per_epoch": steps,
+        "warmup_steps": warmup,
         "epochs": epochs,
         "best_epoch": best_epoch,
         "best_heldout": epochs[best_epoch - 1].get("heldout"),
         "dev": dev_record,
         "throughput": {
-            "train_examples_per_s_mean": sum(train_rates) / len(train_rates),
+            "train_examples_per_s_mean": sum(rates) / len(rates),
             "train_examples_per_s_overall": sum(e["train_examples"] for e in epochs)
             / max(train_seconds, 1e-9),
             "dev_examples_per_s": dev_record["examples_per_s"] if dev_record else None,
         },
         "environment": {
-            "processes": procs,
+            "processes": accelerator.num_processes,
             "device": str(accelerator.device),
-            "mixed_precision": accelerator.mixed_precision,
+            "mixed_precision": config.dtype if config.dtype != "fp32" else "no",
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "python": platform.python_version(),
         },
         "output": str(Path(config.output).resolve()),
     }
-    record_out["wall_seconds"] = time.perf_counter() - started
-    record_out["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    if main:
-        _save(bare, tokenizer, config.output, record_out)
-        log.info("saved the epoch-%d model to %s", best_epoch, config.output)
-    accelerator.wait_for_everyone()
-    return record_out
 
 
 def summary_line(record: dict[str, Any]) -> str:
@@ -254,30 +279,6 @@ def summary_line(record: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------- internals
 
 
-def _make_accelerator(device: str, dtype: str):
-    """An Accelerator for ``device``/``dtype``; re-creates a single-process state left by an earlier run."""
-    from accelerate import Accelerator, PartialState
-    from accelerate.state import AcceleratorState
-
-    from sttabt.utils import resolve_device
-
-    resolved = resolve_device(device)
-    if dtype == "fp16" and resolved.type == "cpu":
-        raise SttabtError("fp16 is not supported on CPU; use --dtype bf16")
-    kwargs = {"cpu": resolved.type == "cpu", "mixed_precision": {"fp32": "no"}.get(dtype, dtype)}
-    try:
-        return Accelerator(**kwargs)
-    except ValueError as exc:
-        if "already been initialized" not in str(exc):
-            raise SttabtError(f"cannot set up Accelerate: {exc}") from exc
-        if PartialState().num_processes > 1:
-            raise SttabtError(f"cannot change precision inside a multi-process run: {exc}") from exc
-        # Accelerate keeps one process-wide state; a second run in the same process (tests, notebooks)
-        # with another precision must start from a clean one.
-        AcceleratorState._reset_state(reset_partial_state=True)
-        return Accelerator(**kwargs)
-
-
 def _set_label_names(model: torch.nn.Module, task: str) -> None:
     names = LABEL_NAMES.get(task)
     if names and len(names) == model.config.num_labels:
@@ -292,69 +293,6 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _train_epoch(
-    model: torch.nn.Module,
-    optimizer: Any,
-    scheduler: Any,
-    accelerator: Any,
-    features: Sequence[dict[str, Any]],
-    config: FinetuneConfig,
-    pad_id: int,
-    epoch: int,
-    steps: int,
-    show_bar: bool,
-) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
-    model.train()
-    rank, procs = accelerator.process_index, accelerator.num_processes
-    order = batches(
-        features, config.batch_size, pad_id, shuffle=True, seed=config.seed * 1000 + epoch,
-        group_by_length=config.group_by_length,
-    )  # fmt: skip
-    loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-    seen = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-    bar = tqdm(
-        total=steps, desc=f"epoch {epoch}/{config.epochs}", unit="step", disable=not show_bar, leave=False
-    )
-    start = time.perf_counter()
-    step = 0
-    for index, batch in enumerate(order):
-        if step >= steps:
-            break
-        if index % procs != rank:
-            continue
-        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        loss = model(**batch).loss
-        accelerator.backward(loss)
-        if config.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        n = batch["input_ids"].shape[0]
-        loss_sum += loss.detach().double() * n
-        seen += n
-        step += 1
-        if show_bar:
-            elapsed = time.perf_counter() - start
-            rate = seen.item() * procs / elapsed
-            bar.set_postfix(loss=f"{(loss_sum / seen).item():.4f}", ex_s=f"{rate:.1f}", refresh=False)
-            bar.update(1)
-    bar.close()
-    seconds = time.perf_counter() - start
-    totals = accelerator.reduce(torch.stack([loss_sum, seen]), reduction="sum")
-    total_seen = float(totals[1].item())
-    return {
-        "epoch": epoch,
-        "train_loss": float(totals[0].item()) / max(total_seen, 1.0),
-        "train_examples": int(total_seen),
-        "train_seconds": seconds,
-        "train_examples_per_s": total_seen / seconds if seconds > 0 else float("nan"),
-        "lr_end": float(scheduler.get_last_lr()[0]),
-    }
-
-
 @torch.no_grad()
 def _evaluate(
     model: torch.nn.Module,
@@ -363,6 +301,7 @@ def _evaluate(
     accelerator: Any,
     config: FinetuneConfig,
     pad_id: int,
+    desc: str = "held-out evaluation",
 ) -> tuple[dict[str, float], float, float]:
     """Metrics on ``features``; each process scores a shard of length-sorted batches, then all gather."""
     spec = get_task(task)
@@ -376,12 +315,14 @@ def _evaluate(
     shard_len = math.ceil(len(features) / procs)
     out = torch.zeros(shard_len, width, dtype=torch.float32, device=accelerator.device)
     idx = torch.full((shard_len,), -1, dtype=torch.long, device=accelerator.device)
-    for start_i in range(0, len(mine), config.eval_batch_size):
+    starts = range(0, len(mine), config.eval_batch_size)
+    show = config.progress and accelerator.is_local_main_process
+    for start_i in track(starts, desc, enabled=show):
         chunk = mine[start_i : start_i + config.eval_batch_size]
         batch = next(batches([features[i] for i in chunk], len(chunk), pad_id))
         batch.pop("labels", None)
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        with accelerator.autocast():
+        with autocast(accelerator.device, config.dtype):
             logits = model(**batch).logits
         out[start_i : start_i + len(chunk)] = logits.float()
         idx[start_i : start_i + len(chunk)] = torch.tensor(chunk, device=accelerator.device)
