@@ -224,14 +224,24 @@ def _stats(samples: list[float]) -> dict[str, Any]:
 
 
 def measure(
-    calls: dict[str, Callable[[], Any]], warmup: int, repeats: int, sync: Callable[[], None]
+    calls: dict[str, Callable[[], Any]],
+    warmup: int,
+    repeats: int,
+    sync: Callable[[], None],
+    desc: str | None = None,
 ) -> tuple[dict[str, list[float]], dict[str, Any]]:
-    """Time each call ``warmup + repeats`` times, round-robin, rotating the order; returns ms and outputs."""
+    """Time each call ``warmup + repeats`` times, round-robin, rotating the order; returns ms and outputs.
+
+    With ``desc``, progress is shown between rounds (never inside a timed call).
+    """
+    from sttabt.progress import track
+
     names = list(calls)
     samples: dict[str, list[float]] = {name: [] for name in names}
     outputs: dict[str, Any] = {}
     gc.collect()
-    for round_ in range(warmup + repeats):
+    rounds = range(warmup + repeats)
+    for round_ in track(rounds, desc or "timing", unit="round", enabled=desc is not None):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
             sync()
@@ -314,8 +324,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     finally:
         torch.set_num_threads(previous_threads)
     if config.output:
-        atomic_write_json(config.output, result)
-        log.info("wrote %s", config.output)
+        atomic_write_json(config.output, result)  # the command prints "wrote ..." once
     return result
 
 
@@ -350,7 +359,9 @@ def _run(config: BenchConfig, device: torch.device) -> dict[str, Any]:
         config.warmup, config.repeats,
     )  # fmt: skip
     with inference(device, config.dtype):
-        samples, outputs = measure(calls, config.warmup, config.repeats, _synchronizer(device))
+        samples, outputs = measure(
+            calls, config.warmup, config.repeats, _synchronizer(device), desc=f"bench {config.method}"
+        )
         breakdown = None
         if config.breakdown:  # up to 3 profiled calls each, fewer where one call takes seconds
             slowest = max(float(np.median(times)) for times in samples.values())

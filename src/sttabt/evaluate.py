@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from sttabt import validate
 from sttabt.adapters.hf_text import HFTextClassifierAdapter
@@ -23,6 +22,7 @@ from sttabt.core.flops import dense_cost
 from sttabt.errors import SttabtError
 from sttabt.methods import MethodOptions, build_selector
 from sttabt.methods.registry import validate_method
+from sttabt.progress import track
 from sttabt.runtime import SparseEncoder
 from sttabt.utils import atomic_write_json, atomic_write_text, inference, resolve_device
 
@@ -147,7 +147,7 @@ def run_evaluation(config: EvalConfig, model=None, tokenizer=None) -> EvalRun:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     started = time.perf_counter()
     chunks = [order[i : i + config.batch_size] for i in range(0, count, config.batch_size)]
-    bar = tqdm(chunks, desc=f"{config.method} {task.name}", unit="batch", disable=not config.progress)
+    bar = track(chunks, f"{config.method} {task.name}", unit="batch", enabled=config.progress)
     with inference(device, config.dtype):
         for chunk in bar:
             batch = collate([features[i] for i in chunk], pad_id)

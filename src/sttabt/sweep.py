@@ -72,7 +72,10 @@ def run_sweep(
             "file": f"{name}.json",
         }
         rows.append(row)
-        log.info("%s k=%s: %s", method, keep, row)
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in row["metrics"].items())
+        log.info("%s%s: %s, retention %.1f %%, rel. FLOPs %.1f %% -> %s", method,
+                 "" if keep is None else f" k={keep}", metrics, 100 * row["retention"],
+                 100 * row["relative_flops"], row["file"])  # fmt: skip
         return report
 
     reuse("dense", None) or record("dense", None, MethodOptions(), "dense")
