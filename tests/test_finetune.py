@@ -177,3 +177,20 @@ def test_bad_inputs_are_user_errors(tiny_model, glue_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("sttabt finetune: error: GLUE task folder not found") and err.count("\n") == 1
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_off_a_terminal_training_and_dev_evaluation_log_heartbeats(
+    tiny_model, glue_dir, tmp_path, caplog, monkeypatch, capsys
+):
+    import logging
+
+    from sttabt import progress
+
+    monkeypatch.setattr(progress, "HEARTBEAT_SECONDS", 0.0)
+    caplog.set_level(logging.INFO, logger="sttabt")
+    finetune(config(tiny_model, glue_dir, tmp_path / "hb", epochs=1, eval_batch_size=4, progress=True))
+    beats = [r.getMessage() for r in caplog.records if r.name == "sttabt.progress"]
+    assert any(line.startswith("fine-tuning: 8/8 steps (100 %)") and "loss" in line for line in beats)
+    assert any(line.startswith("dev evaluation: 4/4 batches") for line in beats)  # 16 dev / 4 per batch
+    err = capsys.readouterr().err  # (transformers' own loading bars are the CLI's to silence)
+    assert "fine-tuning" not in err and "dev evaluation" not in err  # no bar of ours

@@ -35,12 +35,12 @@ class Progress:
         *,
         unit: str = "step",
         enabled: bool = True,
-        interval: float = HEARTBEAT_SECONDS,
+        interval: float | None = None,
         stream: IO[str] | None = None,
     ):
         self.total, self.desc, self.unit = total, desc, unit
         self.count = 0
-        self.interval = interval
+        self.interval = HEARTBEAT_SECONDS if interval is None else interval
         self._postfix: dict[str, Any] = {}
         self._start = self._last = time.perf_counter()
         self._beats = 0
@@ -76,9 +76,9 @@ class Progress:
         percent = f" ({100 * self.count / self.total:.0f} %)" if self.total else ""
         rate = self.count / elapsed if elapsed > 0 else 0.0
         extra = "".join(f", {k} {_fmt(v)}" for k, v in self._postfix.items())
+        units = _plural(self.unit)
         return (
-            f"{self.desc}: {position} {self.unit}s{percent}, {rate:.2f} {self.unit}s/s, "
-            f"{elapsed:.0f} s elapsed{extra}"
+            f"{self.desc}: {position} {units}{percent}, {rate:.2f} {units}/s, {elapsed:.0f} s elapsed{extra}"
         )
 
     def close(self) -> None:
@@ -108,6 +108,10 @@ def track(
         for item in items:
             yield item
             progress.update(1)
+
+
+def _plural(unit: str) -> str:
+    return unit + ("es" if unit.endswith(("s", "sh", "ch", "x")) else "s")
 
 
 def _fmt(value: Any) -> str:

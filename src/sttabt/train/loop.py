@@ -247,10 +247,22 @@ class _Trainer:
                 k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()
             }
         if self.acc.is_main_process:
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if _is_number(v) and k != "step")
+            shown = _figures(record) or f"score {record['score']:.4f}"
             log.info("%s: step %d held-out %s%s", self.config.name, self.global_step, shown,
                      " (best)" if improved else "")  # fmt: skip
         return record
+
+
+def _figures(record: Mapping[str, Any]) -> str:
+    """``heldout_kl 0.4123, accuracy 0.9000``: the quality figures of an evaluation (nested ones too)."""
+    hidden = ("step", "epoch", "score")
+    parts = []
+    for key, value in record.items():
+        if isinstance(value, Mapping):
+            parts.append(_figures(value))
+        elif _is_number(value) and key not in hidden and not key.endswith(("_seconds", "_per_s")):
+            parts.append(f"{key} {value:.4f}")
+    return ", ".join(p for p in parts if p)
 
 
 def _is_number(value: Any) -> bool:
