@@ -10,13 +10,15 @@ from sttabt.utils import atomic_write_text
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5rem;max-width:70rem;color:#222}
-h1{font-size:1.3rem} h2{font-size:1.05rem;margin-top:1.6rem}
-.row{margin:.25rem 0;line-height:1.9} .lbl{display:inline-block;width:7.5rem;font:12px monospace;color:#555}
-.t{padding:1px 2px;margin:0 1px;border-radius:3px;font-size:13px}
+h1{font-size:1.3rem} h2{font-size:1.05rem;margin-top:1.6rem} p{font-size:14px}
+.row{display:grid;grid-template-columns:7.5rem minmax(0,1fr);margin:.35rem 0;line-height:1.9}
+.lbl{font:12px monospace;color:#555;padding-top:.2rem} .toks{overflow-wrap:anywhere}
+.t{padding:1px 2px;border-radius:3px;font-size:13px}
+.note{font-size:13px;color:#444;max-width:60rem}
 .k{background:#2b7bba;color:#fff} .d{background:#eee;color:#bbb}
 .legend span{margin-right:1rem} table{border-collapse:collapse;margin:.5rem 0}
 td,th{border:1px solid #ddd;padding:2px 8px;font-size:13px;text-align:right}
-.heat{padding:1px 2px;margin:0 1px;border-radius:3px;font-size:13px}
+.heat{padding:1px 2px;border-radius:3px;font-size:13px}
 """
 
 
@@ -44,22 +46,37 @@ def kept_tokens_html(
             f'<span class="heat" style="background:rgba(43,123,186,{alpha:.2f});color:{fg}" '
             f'title="read by {d} of {num_layers} layers">{html.escape(token)}</span>'
         )
-    parts.append('<div class="row"><span class="lbl">layers read</span>' + "".join(spans) + "</div>")
+    parts.append(
+        f'<p class="note">Row <b>layers read</b>: each token shaded by how many of the {num_layers} layers '
+        f"read it (its key/value is in S_l): white = none (removed before layer 0), dark blue = all "
+        f"{num_layers}. Rows S_0 … S_{num_layers - 1}: the tokens layer l reads, with their count.</p>"
+    )
+    parts.append(_row("layers read", spans))
     for layer, kept in enumerate(key_sets):
         count = sum(1 for flag in kept[: len(tokens)] if flag)
         label = f"S_{layer} ({count})" if layer < num_layers else f"out ({count})"
-        cells = "".join(
+        cells = [
             f'<span class="t {"k" if kept[i] else "d"}">{html.escape(tok)}</span>'
             for i, tok in enumerate(tokens)
-        )
-        parts.append(f'<div class="row"><span class="lbl">{label}</span>{cells}</div>')
+        ]
+        parts.append(_row(label, cells))
     return "\n".join(parts)
 
 
+def _row(label: str, spans: Sequence[str]) -> str:
+    """One labelled row; the spans are separated by spaces so that the browser can wrap between tokens."""
+    head = f'<div class="row"><span class="lbl">{html.escape(label)}</span>'
+    return f'{head}<div class="toks">{" ".join(spans)}</div></div>'
+
+
 def write_page(
-    path: str | Path, title: str, sections: Sequence[str], summary_rows: Sequence[dict] = ()
+    path: str | Path,
+    title: str,
+    sections: Sequence[str],
+    summary_rows: Sequence[dict] = (),
+    intro: str = "",
 ) -> None:
-    """Write a complete HTML page with an optional summary table and the given fragments (atomically)."""
+    """Write a complete HTML page: title, ``intro`` paragraph, summary table, fragments (atomically)."""
     table = ""
     if summary_rows:
         headers = list(summary_rows[0])
@@ -70,13 +87,15 @@ def write_page(
         )
         table = f"<table><tr>{head}</tr>{body}</table>"
     legend = (
-        '<p class="legend"><span class="t k">kept</span><span class="t d">removed</span> '
+        '<p class="legend"><span class="t k">kept</span> <span class="t d">removed</span> '
         "Line S_l lists the tokens layer l reads (keys/values); "
         "the last line is what the classifier reads.</p>"
     )
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{table}{legend}"
+        f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+        + (f'<p class="note">{html.escape(intro)}</p>' if intro else "")
+        + f"{table}{legend}"
         + "\n".join(sections)
         + "</body></html>\n"
     )
