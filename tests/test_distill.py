@@ -352,6 +352,9 @@ def test_distill_command_end_to_end_and_deterministic(workspace):
     assert quality["distilled"]["kl"] < quality["untrained"]["kl"]
     task = record["stages"]["task"]
     assert task["best"]["heldout_kl"] == min(e["heldout_kl"] for e in task["evaluations"])
+    # the task stage starts where the general stage ended: its start is that state's known score
+    assert task["evaluations"][0]["heldout_kl"] == record["stages"]["general"]["best"]["heldout_kl"]
+    assert [e["step"] for e in task["evaluations"]] == [0, 7, 14]
     assert record["examples"] == {"train": 54, "heldout": 6, "dev": 12}
     general = ApproxNet.load(workspace / "a" / "general", teacher=teacher)
     assert general.approx_config.stage == "general"

@@ -269,12 +269,14 @@ def run_stage(
     heldout: Sequence[Batch],
     config: StageConfig,
     accelerator: Any,
+    start: dict[str, Any] | None = None,
 ) -> LoopResult:
     """Train ``approx`` for ``config.epochs`` epochs and leave it at the best held-out attention KL.
 
     ``epoch_batches(epoch)`` yields the (already shuffled/augmented) batches of one epoch, the same on
     every process. The state at the start of the stage is a candidate too, so a stage can never make the
-    kept model worse on held-out data.
+    kept model worse on held-out data; ``start`` is its held-out evaluation when already known (the
+    previous stage's best).
     """
     adapter = HFTextClassifierAdapter(teacher)
     teacher.eval()
@@ -291,7 +293,17 @@ def run_stage(
         progress=config.progress,
     )  # fmt: skip
     optimizer = build_optimizer(approx, config.lr, config.weight_decay)
-    result = train_loop(accelerator, approx, wrapped, optimizer, epoch_batches, loop, evaluate=evaluate)
+    known = None if start is None else {k: start[k] for k in ("score", "heldout_kl", "heldout_mse")}
+    result = train_loop(
+        accelerator,
+        approx,
+        wrapped,
+        optimizer,
+        epoch_batches,
+        loop,
+        evaluate=evaluate,
+        start_evaluation=known,
+    )
     approx.eval()
     return result
 
@@ -479,7 +491,8 @@ def distill(config: DistillConfig) -> dict[str, Any]:
         )
         qualities["general"] = quality("general")
     if config.epochs > 0:
-        stages["task"] = _task_stage(config, approx, teacher, data, accelerator)
+        start = stages["general"]["best"] if "general" in stages else None
+        stages["task"] = _task_stage(config, approx, teacher, data, accelerator, start)
     approx.approx_config.teacher_path = teacher.path
     approx.approx_config.teacher_fingerprint = teacher.fingerprint
     qualities["distilled"] = quality("distilled")
@@ -630,7 +643,12 @@ def _general_stage(
 
 
 def _task_stage(
-    config: DistillConfig, approx: ApproxNet, teacher: _Teacher, data: _Data, accelerator: Any
+    config: DistillConfig,
+    approx: ApproxNet,
+    teacher: _Teacher,
+    data: _Data,
+    accelerator: Any,
+    start: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Stage 2 on the task's training inputs (the teacher's outputs are the targets)."""
 
@@ -640,7 +658,7 @@ def _task_stage(
 
     result = run_stage(
         approx, teacher.model, task_batches, math.ceil(len(data.train) / config.batch_size), data.heldout,
-        _stage_config(config, "task", config.epochs, TASK_WEIGHTS), accelerator,
+        _stage_config(config, "task", config.epochs, TASK_WEIGHTS), accelerator, start,
     )  # fmt: skip
     approx.approx_config.stage = "task"
     approx.approx_config.history.append({"stage": "task", "teacher": teacher.path, **_best(result)})

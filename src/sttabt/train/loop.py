@@ -112,14 +112,17 @@ def train_loop(
     *,
     evaluate: EvalFn | None = None,
     scheduler: Any = None,
+    start_evaluation: dict[str, Any] | None = None,
 ) -> LoopResult:
     """Train ``module`` (the unwrapped parameters ``optimizer`` updates) and leave it at its best state.
 
     ``loss_fn`` runs the (possibly DDP-wrapped) forward; ``epoch_batches(epoch)`` (0-based) yields the
     same shuffled batches on every process. Without ``evaluate`` the last state is kept.
+    ``start_evaluation``: what ``evaluate`` would return for the starting state, when the caller already
+    knows it (a stage that starts where another ended), so that ``eval_at_start`` costs nothing.
     """
     trainer = _Trainer(accelerator, module, loss_fn, optimizer, scheduler, config, evaluate)
-    return trainer.run(epoch_batches)
+    return trainer.run(epoch_batches, start_evaluation)
 
 
 class _Trainer:
@@ -136,10 +139,12 @@ class _Trainer:
         self.best_score = -math.inf
         self.global_step = 0
 
-    def run(self, epoch_batches: Callable[[int], Iterable[Batch]]) -> LoopResult:
+    def run(
+        self, epoch_batches: Callable[[int], Iterable[Batch]], known: dict[str, Any] | None
+    ) -> LoopResult:
         start = time.perf_counter()
         if self.config.eval_at_start:
-            self._evaluate(0.0)
+            self._evaluate(0.0, known)
         total = self.steps * self.config.epochs
         show = self.config.progress and self.acc.is_local_main_process
         with Progress(total, self.config.name, enabled=show) as progress:
@@ -231,12 +236,13 @@ class _Trainer:
                      self.config.epochs, terms, record["train_examples_per_s"])  # fmt: skip
         return record
 
-    def _evaluate(self, epoch: float) -> dict[str, Any] | None:
+    def _evaluate(self, epoch: float, known: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """Score the current state; keep a copy when it is the best so far (first best wins)."""
         if self.evaluate_fn is None:
             return None
         was_training = self.module.training
-        record = {"epoch": epoch, "step": self.global_step, **self.evaluate_fn()}
+        scores = dict(known) if known is not None else self.evaluate_fn()
+        record = {"epoch": epoch, "step": self.global_step, **scores}
         self.module.train(was_training)
         self.result.evaluations.append(record)
         improved = record["score"] > self.best_score
