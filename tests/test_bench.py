@@ -296,3 +296,19 @@ def test_breakdown_splits_time_and_macs_by_kind():
     )
     ratio = parts["linear_speedup"] / parts["linear_ideal_speedup"]
     assert parts["linear_efficiency"] == pytest.approx(ratio)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_abt_with_a_random_approxnet_needs_no_artifacts(dtype):
+    """``--approx random[:F]`` draws a seeded factor-F ApproxNet: ABT timed with nothing trained."""
+    result = run_benchmark(tiny_bench(method="abt", approx="random:2", keep=0.3, dtype=dtype, repeats=2))
+    again = run_benchmark(tiny_bench(method="abt", approx="random:2", keep=0.3, dtype=dtype, repeats=2))
+    assert result["flops"]["relative"] == again["flops"]["relative"]  # same seed, same ApproxNet and sets
+    assert 0 < result["flops"]["relative"] < 1 and result["retention"] < 1
+    assert "--approx random:2" in result["command"]
+
+
+@pytest.mark.parametrize("approx", ["random:0", "random:x", "random:"])
+def test_random_approx_factor_must_be_a_positive_integer(approx):
+    with pytest.raises(SttabtError, match="random:F"):
+        tiny_bench(method="abt", approx=approx, keep=0.3).validate()

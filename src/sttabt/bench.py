@@ -99,9 +99,19 @@ class BenchConfig:
     def method_options(self) -> MethodOptions:
         return MethodOptions(keep=self.keep, schedule=self.schedule, approx=self.approx, p=self.p)
 
+    def random_approx_factor(self) -> int | None:
+        """The factor of ``--approx random[:F]`` (a random-init ApproxNet, for timing without training)."""
+        if self.approx is None or not (self.approx == "random" or self.approx.startswith(RANDOM_PREFIX)):
+            return None
+        text = self.approx[len(RANDOM_PREFIX) :] if self.approx.startswith(RANDOM_PREFIX) else "4"
+        if not text.isdigit() or int(text) < 1:
+            raise SttabtError(f"--approx random:F needs a positive integer factor F, got {self.approx!r}")
+        return int(text)
+
     def validate(self) -> None:
         """Cheap checks before any model is loaded, so a typo fails in milliseconds with a clear message."""
         validate_method(self.method, self.method_options())
+        self.random_approx_factor()
         if self.batch_size < 1:
             raise SttabtError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.seq_len < 2:
@@ -202,6 +212,18 @@ def make_inputs(
     mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
     ids = torch.where(mask, ids, torch.full_like(ids, pad_id))
     return {"input_ids": ids, "attention_mask": mask.long()}
+
+
+def _method_options(config: BenchConfig, model: torch.nn.Module) -> MethodOptions:
+    """The method's options, with a freshly drawn ApproxNet (seeded) for ``--approx random[:F]``."""
+    options = config.method_options()
+    factor = config.random_approx_factor()
+    if factor is not None:
+        from sttabt.approxnet import ApproxNet
+
+        torch.manual_seed(config.seed + 1)
+        options.extra["approxnet"] = ApproxNet.from_teacher(model, factor, fingerprint="random")
+    return options
 
 
 # -- measurement --------------------------------------------------------------------------------------------
@@ -337,7 +359,7 @@ def _run(config: BenchConfig, device: torch.device) -> dict[str, Any]:
     if config.seq_len > limit:
         raise SttabtError(f"--seq-len {config.seq_len} exceeds the model's maximum of {limit} positions")
     model.to(device)
-    selector = build_selector(config.method, adapter, config.method_options())
+    selector = build_selector(config.method, adapter, _method_options(config, model))
     dense_selector = build_selector("dense", adapter)
     encoder = SparseEncoder(adapter)
 

@@ -26,8 +26,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", required=True, help="pruning method (e.g. topk, abt, dense)")
     p.add_argument("--keep", default=None, help="keep ratio in (0, 1], a per-layer comma list, or 'dynamic'")
     p.add_argument("--schedule", choices=["constant", "reference"], default="constant", help="top-k schedule")
-    p.add_argument("--approx", default=None, metavar="DIR", help="distilled ApproxNet directory (ABT)")
-    p.add_argument("--p", type=float, default=0.1, help="ABT/concrete parameter p (default 0.1)")
+    p.add_argument(
+        "--approx",
+        default=None,
+        metavar="DIR",
+        help="distilled ApproxNet directory (ABT), or random[:F]: a random-init factor-F ApproxNet of the "
+        "model's shape (F = 4 by default), for timing without trained artifacts",
+    )
+    p.add_argument("--p", type=float, default=0.1, help="ABT impact-mixing constant p (default 0.1)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--seq-len", type=int, default=128, help="real length of every sample (incl. CLS)")
     p.add_argument(

@@ -19,13 +19,15 @@ from typing import Literal
 
 import torch
 
+from sttabt.core.flops import SOFTMAX_FLOPS
 from sttabt.core.tokens import CompactIndex, compact, gather_tokens, keep_counts_per_layer, topk_mask
 
 Reduction = Literal["mean", "max"]
 KeepSpec = float | Sequence[float] | Literal["dynamic"]
 
-#: ``rows(layer, queries)``: layer ``layer``'s attention reduced over heads, for the query positions of
-#: ``queries`` only, as ``(B, m, T)`` over original key positions (zero on padded keys). Row ``i`` of a
+#: ``rows(layer, queries)``: layer ``layer``'s attention probabilities for the query positions of
+#: ``queries`` only, per head ``(B, H, m, n)`` or already reduced over heads ``(B, m, n)``, over the key
+#: positions ``0..n-1`` (``n <= T``; keys from ``n`` on, and padded keys, get no attention). Row ``i`` of a
 #: sample is its query ``queries.positions[b, i]``; rows where ``queries.valid`` is False are ignored.
 AttentionRows = Callable[[int, CompactIndex], torch.Tensor]
 
@@ -81,15 +83,53 @@ def dynamic_counts(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return above.sum(dim=1).clamp(min=1).maximum(low).minimum(high).clamp(min=1)
 
 
-def reduce_rows(rows: torch.Tensor, weights: torch.Tensor, row_valid: torch.Tensor, reduction: Reduction):
-    """Token reduction r(j) over the needed rows ``(B, m, T)`` with per-row weights ``(B, m)``."""
-    if reduction == "mean":
+def reduce_rows(
+    rows: torch.Tensor,
+    weights: torch.Tensor,
+    row_valid: torch.Tensor,
+    head_reduction: Reduction,
+    token_reduction: Reduction,
+    row_count: torch.Tensor | int,
+) -> torch.Tensor:
+    """r(j): the needed rows (``(B, H, m, n)`` or head-reduced ``(B, m, n)``) reduced over heads, then
+    over rows with per-row weights ``(B, m)`` (zero on padding rows; ``row_count`` real rows per sample).
+    Mean over both is one pass over the rows: a weighted sum over (head, row)."""
+    rows = rows if rows.dtype == torch.float32 else rows.float()
+    if rows.dim() == 4:
+        batch, heads, m, n = rows.shape
+        if head_reduction == "mean" and token_reduction == "mean":
+            per_head = weights.unsqueeze(1).expand(batch, heads, m).reshape(batch, 1, heads * m)
+            total = torch.bmm(per_head, rows.reshape(batch, heads * m, n)).squeeze(1)
+            return total / (row_count * heads)
+        rows = rows.mean(dim=1) if head_reduction == "mean" else rows.amax(dim=1)
+    if token_reduction == "mean":
         # A batched vector-matrix product: one pass over the rows (einsum picks a slow path here).
-        total = torch.bmm(weights.unsqueeze(1), rows).squeeze(1)
-        return total / row_valid.sum(dim=1, keepdim=True).clamp(min=1)
+        return torch.bmm(weights.unsqueeze(1), rows).squeeze(1) / row_count
     weighted = (rows * weights.unsqueeze(-1)).masked_fill(~row_valid.unsqueeze(-1), -math.inf)
     score = weighted.amax(dim=1)
     return torch.where(torch.isfinite(score), score, torch.zeros_like(score))
+
+
+@dataclass
+class _Step:
+    """What back-tracking carries from one layer to the one below: S_{l+1}, its layout, its impacts."""
+
+    needed: torch.Tensor  # (B, T) mask
+    layout: CompactIndex
+    impact: torch.Tensor  # (B, m) impacts w of the members of `layout` (0 on padding entries)
+
+
+def _rows_of(layout: CompactIndex) -> torch.Tensor | int:
+    """Members per sample as a divisor: a plain int when no entry is padding (batch 1)."""
+    return layout.positions.shape[1] if layout.full else layout.valid.sum(dim=1, keepdim=True).clamp(min=1)
+
+
+def _impacts(score: torch.Tensor, layout: CompactIndex) -> torch.Tensor:
+    """w(j) = r(j) / Σ r over the set, for the members of ``layout``."""
+    kept = score.gather(1, layout.positions)
+    if not layout.full:
+        kept = kept * layout.valid
+    return kept / kept.sum(dim=1, keepdim=True).clamp(min=1e-12)
 
 
 def backtrack_rows(
@@ -100,13 +140,14 @@ def backtrack_rows(
     *,
     readout: torch.Tensor | None = None,
     p: float = 0.1,
+    head_reduction: Reduction = "mean",
     token_reduction: Reduction = "mean",
     union: bool = True,
 ) -> BacktrackResult:
     """Build nested key sets S_0 ⊇ … ⊇ S_L, reading only the attention rows each layer needs.
 
     Args:
-        rows: the attention source (see :data:`AttentionRows`), already reduced over heads.
+        rows: the attention source (see :data:`AttentionRows`).
         valid: ``(B, T)`` bool, real (non-padding) tokens.
         keep: ratio of each sample's real length kept per layer, a list of L ratios, or ``"dynamic"``.
         readout: ``(B, T)`` bool seed S_L; defaults to CLS (position 0).
@@ -122,27 +163,29 @@ def backtrack_rows(
         readout[:, 0] = True
     needed = readout & valid
     layout = compact(needed)
-    impact = needed.float() / needed.float().sum(dim=1, keepdim=True).clamp(min=1.0)
-    n_real = valid.sum(dim=1)
-    counts = None if ratios == "dynamic" else keep_counts_per_layer(ratios, n_real)
+    step = _Step(needed, layout, layout.valid.float() / _rows_of(layout))
+    counts = None if ratios == "dynamic" else keep_counts_per_layer(ratios, valid.sum(dim=1))
+    no_padding = bool(valid.all())  # asked once: then nothing needs masking
 
     sets, layouts, scores = [needed], [layout], []
     for layer in range(num_layers - 1, -1, -1):
-        head = rows(layer, layout).float()  # (B, m, T)
-        if head.shape != (valid.shape[0], layout.positions.shape[1], length):
-            raise ValueError(
-                f"attention rows of layer {layer} have shape {tuple(head.shape)}, expected "
-                f"{(valid.shape[0], layout.positions.shape[1], length)} (B, needed rows, T)"
-            )
-        row_impact = impact.gather(1, layout.positions)
-        weights = ((1.0 - p) + p * row_impact) * layout.valid  # zero on padding rows
-        score = reduce_rows(head, weights, layout.valid, token_reduction).masked_fill(~valid, 0.0)
+        attention = rows(layer, step.layout)
+        _check_rows(attention, layer, valid.shape[0], step.layout.positions.shape[1], length)
+        weights = (1.0 - p) + p * step.impact
+        if not step.layout.full:
+            weights = weights * step.layout.valid  # zero on padding rows
+        score = reduce_rows(
+            attention, weights, step.layout.valid, head_reduction, token_reduction, _rows_of(step.layout)
+        )
+        if score.shape[1] < length:  # keys past the source's width get nothing
+            score = torch.nn.functional.pad(score, (0, length - score.shape[1]))
+        if not no_padding:
+            score = score.masked_fill(~valid, 0.0)
         count = dynamic_counts(score, valid) if counts is None else counts[layer]
-        chosen = topk_mask(score, valid, count)
-        current = (chosen | needed) if union else chosen
-        total = (score * current).sum(dim=1, keepdim=True).clamp(min=1e-12)
-        impact = torch.where(current, score / total, torch.zeros_like(score))
-        needed, layout = current, compact(current)
+        chosen = topk_mask(score, valid, count, all_eligible=no_padding)
+        current = (chosen | step.needed) if union else chosen
+        layout = compact(current)
+        step = _Step(current, layout, _impacts(score, layout))
         sets.append(current)
         layouts.append(layout)
         scores.append(score)
@@ -152,7 +195,16 @@ def backtrack_rows(
     return BacktrackResult(key_sets=sets, scores=scores, layouts=layouts)
 
 
-def rows_of_maps(attentions: Sequence[torch.Tensor], head_reduction: Reduction = "mean") -> AttentionRows:
+def _check_rows(rows: torch.Tensor, layer: int, batch: int, needed: int, length: int) -> None:
+    fits = rows.dim() in (3, 4) and rows.shape[0] == batch and rows.shape[-2] == needed
+    if not fits or rows.shape[-1] > length:
+        raise ValueError(
+            f"attention rows of layer {layer} have shape {tuple(rows.shape)}, expected "
+            f"(B={batch}, [H,] needed rows={needed}, keys <= {length})"
+        )
+
+
+def rows_of_maps(attentions: Sequence[torch.Tensor]) -> AttentionRows:
     """An :data:`AttentionRows` source that slices full per-layer maps ``(B, H, T, T)`` (H may be 1)."""
 
     def rows(layer: int, queries: CompactIndex) -> torch.Tensor:
@@ -162,13 +214,16 @@ def rows_of_maps(attentions: Sequence[torch.Tensor], head_reduction: Reduction =
             raise ValueError(
                 f"attention of layer {layer} has shape {tuple(probs.shape)}, expected (B, H, T, T)"
             )
-        if probs.shape[1] == 1:
-            head = probs[:, 0]
-        else:
-            head = probs.float().mean(dim=1) if head_reduction == "mean" else probs.float().amax(dim=1)
-        return gather_tokens(head.float(), queries.positions)
+        heads = probs.shape[1]
+        flat = probs.float().reshape(batch * heads, length, length)
+        return gather_tokens(flat, _per_head(queries, heads)).view(batch, heads, -1, length)
 
     return rows
+
+
+def _per_head(queries: CompactIndex, heads: int) -> torch.Tensor:
+    """Row indices ``(B·H, m)`` that pick each sample's query rows in every head of ``(B·H, T, T)``."""
+    return queries.positions.repeat_interleave(heads, dim=0)
 
 
 def backtrack(
@@ -186,10 +241,9 @@ def backtrack(
 
     For analysis and tests; inference computes only the needed rows (see ``sttabt.methods.abt``).
     """
-    source = rows_of_maps(attentions, head_reduction)
     return backtrack_rows(
-        source, valid, keep, len(attentions), readout=readout, p=p, token_reduction=token_reduction,
-        union=union,
+        rows_of_maps(attentions), valid, keep, len(attentions), readout=readout, p=p,
+        head_reduction=head_reduction, token_reduction=token_reduction, union=union,
     )  # fmt: skip
 
 
@@ -214,5 +268,5 @@ def backtrack_cost(
     m = query_counts.double()  # (B, L)
     macs = (m * n * query_width).sum(dim=1)
     sort_cost = n * torch.log2(n.clamp(min=2)).ceil().clamp(min=1)
-    per_layer = 5 * num_heads * m * n + num_heads * m * n + 2 * m * n + sort_cost
+    per_layer = SOFTMAX_FLOPS * num_heads * m * n + num_heads * m * n + 2 * m * n + sort_cost
     return macs, per_layer.sum(dim=1)

@@ -141,20 +141,30 @@ class RowSelection:
     rows: torch.Tensor  # (B, m) long
     valid: torch.Tensor  # (B, m) bool
 
+    @classmethod
+    def unpadded(cls, rows: torch.Tensor) -> RowSelection:
+        return cls(rows=rows, valid=torch.ones_like(rows, dtype=torch.bool))
+
 
 def top_rows(
-    scores: torch.Tensor, valid: torch.Tensor, counts: torch.Tensor, *, all_valid: bool | None = None
+    scores: torch.Tensor, valid: torch.Tensor, counts: torch.Tensor | int, *, all_valid: bool | None = None
 ) -> RowSelection:
     """The ``counts[b]`` highest-scoring valid entries of each row of ``scores (B, n)``, in compact order.
 
     Equivalent to :func:`topk_mask` on the same scores placed at their original positions (members of a
     compact layout are sorted by position): ties break towards the lower index, so the choice never
-    depends on the batch. ``counts`` is clipped to each row's number of valid entries.
+    depends on the batch. ``counts`` is clipped to each row's number of valid entries; a plain int
+    (the same count for every row) saves a host sync.
     """
+    all_valid = bool(valid.all()) if all_valid is None else all_valid
+    if all_valid and scores.shape[0] == 1:  # one sample, nothing padded: a count known without a sync
+        return _top_rows_single(scores, counts)
+    if isinstance(counts, int):
+        counts = torch.full((scores.shape[0],), counts, dtype=torch.long, device=scores.device)
     counts = counts.minimum(valid.sum(dim=1))
     width = int(counts.max()) if scores.shape[0] else 0
     ranked = scores.float()
-    if not (bool(valid.all()) if all_valid is None else all_valid):
+    if not all_valid:
         ranked = ranked.masked_fill(~valid, -math.inf)
     order = ranked.argsort(dim=1, descending=True, stable=True)[:, :width]
     keep = torch.arange(width, device=scores.device).unsqueeze(0) < counts.unsqueeze(1)
@@ -163,17 +173,29 @@ def top_rows(
     return RowSelection(rows=torch.where(keep, rows, 0), valid=keep)
 
 
-def topk_mask(scores: torch.Tensor, eligible: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+def _top_rows_single(scores: torch.Tensor, counts: torch.Tensor | int) -> RowSelection:
+    """:func:`top_rows` for one unpadded sample: the top ``counts`` entries, in compact order."""
+    count = min(counts if isinstance(counts, int) else int(counts[0]), scores.shape[1])
+    order = scores.float().argsort(dim=1, descending=True, stable=True)[:, :count]
+    return RowSelection.unpadded(order.sort(dim=1).values)
+
+
+def topk_mask(
+    scores: torch.Tensor, eligible: torch.Tensor, counts: torch.Tensor, *, all_eligible: bool = False
+) -> torch.Tensor:
     """Per-row top-``counts[b]`` among ``eligible`` entries of ``scores (B, T)``.
 
     Ties break towards the lower position (stable sort), so the choice never depends on the batch.
+    ``all_eligible`` says, when the caller knows, that every entry is eligible (no masking needed).
     """
-    masked = scores.float().masked_fill(~eligible, -math.inf)
-    order = masked.argsort(dim=1, descending=True, stable=True)
+    ranked = scores if scores.dtype == torch.float32 else scores.float()
+    if not all_eligible:
+        ranked = ranked.masked_fill(~eligible, -math.inf)
+    order = ranked.argsort(dim=1, descending=True, stable=True)
     rank_of_slot = torch.arange(scores.shape[1], device=scores.device).unsqueeze(0)
-    take = rank_of_slot < counts.clamp(max=scores.shape[1]).unsqueeze(1)
+    take = rank_of_slot < counts.unsqueeze(1)
     chosen = torch.zeros_like(eligible).scatter(1, order, take)
-    return chosen & eligible
+    return chosen if all_eligible else chosen & eligible
 
 
 def assert_nested(outer: torch.Tensor, inner: torch.Tensor, what: str = "token sets") -> None:

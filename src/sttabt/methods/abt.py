@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from sttabt.adapters.base import EncoderAdapter
 from sttabt.core.backtrack import (
@@ -62,10 +61,8 @@ class QueryKeyRecorder(TokenSelector):
         self.records.append((view, q, k))
 
 
-def rows_on_demand(
-    records: list[QueryKeys], scales: list[float], head_reduction: str, length: int
-) -> AttentionRows:
-    """Attention rows from recorded q/k: softmax over all keys for the requested queries only.
+def rows_on_demand(records: list[QueryKeys], scales: list[float], length: int) -> AttentionRows:
+    """Attention rows from recorded q/k: per-head softmax over all keys for the requested queries only.
 
     The scores are computed in float32 even under autocast (a few rows: cheap), so reduced precision
     changes the sets only through the predictor's own hidden states.
@@ -75,21 +72,23 @@ def rows_on_demand(
         view, q, k = records[layer]
         rel = needed.positions if view.queries.prefix else relative_index(view.query_mask, needed)
         with torch.autocast(q.device.type, enabled=False):
-            picked = gather_head_rows(q, rel).float()
-            probs = attention_probs(picked, k.float(), view.keys.valid, scales[layer], view.keys.full)
-        head = probs.mean(dim=1) if head_reduction == "mean" else probs.amax(dim=1)  # (B, m, n_k)
-        return _at_key_positions(head, view.keys, length)
+            picked, keys = _float(gather_head_rows(q, rel)), _float(k)
+            probs = attention_probs(picked, keys, view.keys.valid, scales[layer], view.keys.full)
+        return probs if view.keys.prefix else _at_key_positions(probs, view.keys, length)
 
     return rows
 
 
+def _float(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor if tensor.dtype == torch.float32 else tensor.float()
+
+
 def _at_key_positions(rows: torch.Tensor, keys: CompactIndex, length: int) -> torch.Tensor:
-    """Place rows over compact keys ``(B, m, n_k)`` at the original key positions ``(B, m, T)``."""
-    if keys.prefix:  # right padding and nothing removed: the compact keys are the leading positions
-        return F.pad(rows, (0, length - rows.shape[2]))
-    target = torch.where(keys.valid, keys.positions, length)[:, None, :].expand(-1, rows.shape[1], -1)
-    out = rows.new_zeros(rows.shape[0], rows.shape[1], length + 1)
-    return out.scatter(2, target, rows)[:, :, :length]
+    """Place rows over compact keys ``(B, H, m, n_k)`` at the original key positions ``(B, H, m, T)``."""
+    batch, heads, m, _ = rows.shape
+    target = torch.where(keys.valid, keys.positions, length)[:, None, None, :].expand(-1, heads, m, -1)
+    out = rows.new_zeros(batch, heads, m, length + 1)
+    return out.scatter(3, target, rows)[..., :length]
 
 
 class BacktrackSelector(TokenSelector):
@@ -134,10 +133,11 @@ class BacktrackSelector(TokenSelector):
         self.predictor(batch, recorder)
         adapter = self.predictor.adapter
         scales = [adapter.attention_scale(layer) for layer in range(self.num_layers)]
-        rows = rows_on_demand(recorder.records, scales, self.head_reduction, valid.shape[1])
+        rows = rows_on_demand(recorder.records, scales, valid.shape[1])
         self.result = backtrack_rows(
-            rows, valid, self.keep, self.num_layers, p=self.p, token_reduction=self.token_reduction
-        )
+            rows, valid, self.keep, self.num_layers, p=self.p, head_reduction=self.head_reduction,
+            token_reduction=self.token_reduction,
+        )  # fmt: skip
         self._overhead = functools.partial(self._cost, valid.sum(dim=1), self.result)
 
     def _cost(self, real: torch.Tensor, result: BacktrackResult) -> tuple[torch.Tensor, torch.Tensor]:

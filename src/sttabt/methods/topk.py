@@ -55,6 +55,8 @@ class TopKSelector(TokenSelector):
 
     def prepare(self, batch, valid: torch.Tensor) -> None:
         self._counts = keep_counts_per_layer(self.ratios, valid.sum(dim=1))  # (L, B)
+        # One sample: every layer's count as a plain int (one host sync here instead of one per layer).
+        self._single = self._counts[:, 0].tolist() if valid.shape[0] == 1 else None
 
     def wants_attention(self, layer: int) -> bool:
         return layer < len(self.ratios) - 1  # the last layer computes CLS only anyway
@@ -64,6 +66,8 @@ class TopKSelector(TokenSelector):
         per_key[:, 0] = float("inf")  # CLS (compact key 0) is always kept and counts towards the budget
         counts = self._counts[view.layer][view.samples]
         if view.queries is view.keys:  # every current token is a query: rank the compact rows directly
+            if self._single is not None:
+                counts = self._single[view.layer]
             return top_rows(per_key, view.keys.valid, counts, all_valid=view.keys.full)
         scores = scatter_scores(per_key, view.keys, view.valid.shape[1], fill=float("-inf"))
         return topk_mask(scores, view.query_mask, counts)
