@@ -194,3 +194,30 @@ def test_off_a_terminal_training_and_dev_evaluation_log_heartbeats(
     assert any(line.startswith("dev evaluation: 4/4 batches") for line in beats)  # 16 dev / 4 per batch
     err = capsys.readouterr().err  # (transformers' own loading bars are the CLI's to silence)
     assert "fine-tuning" not in err and "dev evaluation" not in err  # no bar of ours
+
+
+@pytest.mark.slow
+def test_finetune_under_torchrun_with_two_processes(tiny_model, glue_dir, tmp_path):
+    """Two CPU processes (gloo) through the shared loop: half the steps each, one saved model and log."""
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    if not Path(torchrun).exists():
+        pytest.skip("torchrun is not installed")
+    out = tmp_path / "ddp"
+    argv = [
+        torchrun, "--standalone", "--nproc_per_node", "2", "-m", "sttabt.cli", "finetune",
+        "--model", str(tiny_model), "--task", "sst2", "--data-dir", str(glue_dir), "--output", str(out),
+        "--epochs", "2", "--lr", "3e-3", "--batch-size", "8", "--max-length", "16", "--device", "cpu",
+        "--no-progress",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("sst2: dev accuracy=") == 1
+    saved = json.loads((out / LOG_NAME).read_text())
+    assert saved["environment"]["processes"] == 2
+    assert saved["steps_per_epoch"] == 4  # 58 train examples = 8 batches of <= 8 -> 4 per process
+    assert saved["dev"]["examples"] == 16
