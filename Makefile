@@ -31,6 +31,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	bash benchmarks/run_runtime_bench.sh
+	bash benchmarks/run_abt_bench.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info src/*.egg-info

@@ -312,3 +312,11 @@ def test_abt_with_a_random_approxnet_needs_no_artifacts(dtype):
 def test_random_approx_factor_must_be_a_positive_integer(approx):
     with pytest.raises(SttabtError, match="random:F"):
         tiny_bench(method="abt", approx=approx, keep=0.3).validate()
+
+
+def test_skip_runtime_dense_times_two_variants():
+    result = run_benchmark(tiny_bench(runtime_dense=False, breakdown=True))
+    assert set(result["timings"]) == {"hf_dense", "method"} and result["variants"] == ["hf_dense", "method"]
+    assert result["runtime_overhead"] is None and result["speedup"] > 0
+    assert "--skip-runtime-dense" in result["command"]
+    assert "runtime_dense" not in result["breakdown"]

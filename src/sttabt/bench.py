@@ -6,7 +6,7 @@ every round) so that a noisy neighbour or thermal drift affects all of them alik
 
 * ``hf_dense``: the unmodified Hugging Face forward, ``model(**batch).logits`` (the baseline);
 * ``runtime_dense``: :class:`~sttabt.runtime.SparseEncoder` with the dense selector (the runtime's own
-  overhead; note it already computes only CLS in the last layer);
+  overhead; note it already computes only CLS in the last layer; ``--skip-runtime-dense`` leaves it out);
 * ``method``: the runtime with the method's selector. Everything a method does per batch (for ABT the
   ApproxNet forward and the construction of every token set, which happen in ``prepare()``) runs inside
   the timed runtime call; nothing is precomputed outside it.
@@ -94,6 +94,7 @@ class BenchConfig:
     seed: int = 0
     output: str | None = None
     breakdown: bool = False
+    runtime_dense: bool = True  # also time the runtime's own dense pass (its overhead over HF)
     model_config: Any = field(default=None, repr=False)
 
     def method_options(self) -> MethodOptions:
@@ -156,6 +157,8 @@ class BenchConfig:
         args += ["--seed", str(self.seed)]
         if self.breakdown:
             args.append("--breakdown")
+        if not self.runtime_dense:
+            args.append("--skip-runtime-dense")
         if self.output:
             args += ["--output", str(self.output)]
         return shlex.join(args)
@@ -350,30 +353,44 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     return result
 
 
-def _run(config: BenchConfig, device: torch.device) -> dict[str, Any]:
+@dataclass
+class _Setup:
+    """Everything one benchmark times: the model and its adapter, the inputs and the calls by variant."""
+
+    model: torch.nn.Module
+    adapter: HFTextClassifierAdapter
+    batch: dict[str, torch.Tensor]
+    calls: dict[str, Callable[[], Any]]
+
+    @property
+    def real_lengths(self) -> torch.Tensor:
+        return self.batch["attention_mask"].sum(dim=1)
+
+
+def _setup(config: BenchConfig, device: torch.device) -> _Setup:
     set_seed(config.seed)
     model, cls_id = build_model(config)
     adapter = HFTextClassifierAdapter(model)
-    model_cfg = model.config
-    limit = max_sequence_length(model_cfg)
+    limit = max_sequence_length(model.config)
     if config.seq_len > limit:
         raise SttabtError(f"--seq-len {config.seq_len} exceeds the model's maximum of {limit} positions")
     model.to(device)
     selector = build_selector(config.method, adapter, _method_options(config, model))
-    dense_selector = build_selector("dense", adapter)
     encoder = SparseEncoder(adapter)
-
     generator = torch.Generator().manual_seed(config.seed)
-    pad_id = int(getattr(model_cfg, "pad_token_id", 0) or 0)
-    batch = make_inputs(config, int(model_cfg.vocab_size), cls_id, pad_id, generator)
+    pad_id = int(getattr(model.config, "pad_token_id", 0) or 0)
+    batch = make_inputs(config, int(model.config.vocab_size), cls_id, pad_id, generator)
     batch = {key: value.to(device) for key, value in batch.items()}
-    real_lengths = batch["attention_mask"].sum(dim=1)
+    calls: dict[str, Callable[[], Any]] = {"hf_dense": lambda: model(**batch).logits}
+    if config.runtime_dense:
+        dense_selector = build_selector("dense", adapter)
+        calls["runtime_dense"] = lambda: encoder(batch, dense_selector)
+    calls["method"] = lambda: encoder(batch, selector)
+    return _Setup(model, adapter, batch, calls)
 
-    calls: dict[str, Callable[[], Any]] = {
-        "hf_dense": lambda: model(**batch).logits,
-        "runtime_dense": lambda: encoder(batch, dense_selector),
-        "method": lambda: encoder(batch, selector),
-    }
+
+def _run(config: BenchConfig, device: torch.device) -> dict[str, Any]:
+    setup = _setup(config, device)
     load_start = _load_average()
     log.info(
         "timing %s / %s on %s (%s), batch %d x %d, %d warm-up + %d rounds",
@@ -382,34 +399,33 @@ def _run(config: BenchConfig, device: torch.device) -> dict[str, Any]:
     )  # fmt: skip
     with inference(device, config.dtype):
         samples, outputs = measure(
-            calls, config.warmup, config.repeats, _synchronizer(device), desc=f"bench {config.method}"
+            setup.calls, config.warmup, config.repeats, _synchronizer(device), desc=f"bench {config.method}"
         )
         breakdown = None
         if config.breakdown:  # up to 3 profiled calls each, fewer where one call takes seconds
             slowest = max(float(np.median(times)) for times in samples.values())
             rounds = max(1, min(3, config.repeats, int(3000.0 / max(slowest, 1e-3))))
-            breakdown = profile_breakdown(calls, device, rounds=rounds)
-    load_end = _load_average()
+            breakdown = profile_breakdown(setup.calls, device, rounds=rounds)
+    result = _describe(config, device, setup)
+    result["load_average"] = {"start": load_start, "end": _load_average()}
+    result.update(_speed(setup, samples, outputs))
+    if breakdown is not None:
+        method_out = outputs["method"]
+        result["breakdown"] = _with_macs(breakdown, setup.adapter, setup.real_lengths, method_out)
+    result["command"] = config.command_line()
+    return result
 
-    timings = {name: _stats(samples[name]) for name in VARIANTS}
-    hf_ms = timings["hf_dense"]["median_ms"]
-    runtime_ms = timings["runtime_dense"]["median_ms"]
-    method_ms = timings["method"]["median_ms"]
-    method_out, dense_out = outputs["method"], outputs["runtime_dense"]
-    dense_flops = float(dense_cost(adapter.shape, real_lengths.cpu()).flops.mean())
-    method_flops = float(method_out.cost.flops.mean())
-    relative = method_flops / dense_flops
-    speedup = hf_ms / method_ms
-    ideal = 1.0 / relative
-    hf_logits = outputs["hf_dense"].float()
 
+def _describe(config: BenchConfig, device: torch.device, setup: _Setup) -> dict[str, Any]:
+    """What was measured, where and how (everything but the timings)."""
+    shape, model_cfg, real = setup.adapter.shape, setup.model.config, setup.real_lengths
     return {
         "model": config.model,
         "model_shape": {
-            "num_layers": adapter.shape.num_layers,
-            "hidden_size": adapter.shape.hidden_size,
-            "intermediate_size": adapter.shape.intermediate_size,
-            "num_heads": adapter.shape.num_heads,
+            "num_layers": shape.num_layers,
+            "hidden_size": shape.hidden_size,
+            "intermediate_size": shape.intermediate_size,
+            "num_heads": shape.num_heads,
             "model_type": getattr(model_cfg, "model_type", None),
             "attn_implementation": getattr(model_cfg, "_attn_implementation", None),
         },
@@ -420,10 +436,10 @@ def _run(config: BenchConfig, device: torch.device) -> dict[str, Any]:
         "inputs": {
             "token_ids": "uniform random, CLS first, right padding",
             "length_jitter": config.length_jitter,
-            "padded_length": int(batch["input_ids"].shape[1]),
-            "real_length_min": int(real_lengths.min()),
-            "real_length_mean": float(real_lengths.float().mean()),
-            "real_length_max": int(real_lengths.max()),
+            "padded_length": int(setup.batch["input_ids"].shape[1]),
+            "real_length_min": int(real.min()),
+            "real_length_mean": float(real.float().mean()),
+            "real_length_max": int(real.max()),
         },
         "device": str(device),
         "device_info": device_info(device),
@@ -433,6 +449,7 @@ def _run(config: BenchConfig, device: torch.device) -> dict[str, Any]:
         "warmup": config.warmup,
         "repeats": config.repeats,
         "seed": config.seed,
+        "variants": list(setup.calls),
         "protocol": (
             "same process and inputs; round-robin over variants with the order rotated each round; "
             "time.perf_counter around each call"
@@ -443,26 +460,40 @@ def _run(config: BenchConfig, device: torch.device) -> dict[str, Any]:
                 else f"; torch.no_grad and {config.dtype} autocast (weights stay fp32, cast once per context)"
             )
         ),
-        "load_average": {"start": load_start, "end": load_end},
+    }
+
+
+def _speed(setup: _Setup, samples: dict[str, list[float]], outputs: dict[str, Any]) -> dict[str, Any]:
+    """Timings, speed-up against HF dense, the FLOPs-ideal speed-up and the logit checks."""
+    timings = {name: _stats(samples[name]) for name in setup.calls}
+    hf_ms, method_ms = timings["hf_dense"]["median_ms"], timings["method"]["median_ms"]
+    method_out, dense_out = outputs["method"], outputs.get("runtime_dense")
+    dense_flops = float(dense_cost(setup.adapter.shape, setup.real_lengths.cpu()).flops.mean())
+    method_flops = float(method_out.cost.flops.mean())
+    speedup, ideal = hf_ms / method_ms, dense_flops / method_flops
+    hf_logits = outputs["hf_dense"].float()
+    runtime_ms = timings["runtime_dense"]["median_ms"] if dense_out is not None else None
+    return {
         "timings": timings,
         "speedup": speedup,
-        "speedup_vs_runtime_dense": runtime_ms / method_ms,
-        "runtime_overhead": runtime_ms / hf_ms,
+        "speedup_vs_runtime_dense": None if runtime_ms is None else runtime_ms / method_ms,
+        "runtime_overhead": None if runtime_ms is None else runtime_ms / hf_ms,
         "flops": {
             "dense_per_example": dense_flops,
             "per_example": method_flops,
-            "relative": relative,
-            "runtime_dense_per_example": float(dense_out.cost.flops.mean()),
+            "relative": method_flops / dense_flops,
+            "runtime_dense_per_example": None if dense_out is None else float(dense_out.cost.flops.mean()),
         },
         "ideal_speedup": ideal,
         "efficiency": speedup / ideal,
         "retention": float(method_out.retention().mean()),
         "logit_check": {
-            "runtime_dense_vs_hf_max_abs_diff": float((dense_out.logits.float() - hf_logits).abs().max()),
+            "runtime_dense_vs_hf_max_abs_diff": (
+                None if dense_out is None else float((dense_out.logits.float() - hf_logits).abs().max())
+            ),
             "method_vs_hf_max_abs_diff": float((method_out.logits.float() - hf_logits).abs().max()),
         },
-        "breakdown": None if breakdown is None else _with_macs(breakdown, adapter, real_lengths, method_out),
-        "command": config.command_line(),
+        "breakdown": None,
     }
 
 
@@ -499,7 +530,7 @@ def profile_breakdown(
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     result: dict[str, dict[str, Any]] = {}
-    for name in VARIANTS:
+    for name in calls:
         with profile(activities=activities) as prof:
             for _ in range(rounds):
                 calls[name]()
@@ -554,19 +585,23 @@ def format_summary(result: dict[str, Any]) -> str:
         f"| {shape} | {result['warmup']} warm-up + {result['repeats']} rounds",
     ]
     for name, label in (("hf_dense", "HF dense"), ("runtime_dense", "runtime dense"), ("method", "method")):
+        if name not in t:
+            continue
         s = t[name]
         lines.append(
             f"  {label:<14}{s['median_ms']:10.2f} ms  (p10 {s['p10_ms']:.2f}, p90 {s['p90_ms']:.2f})"
         )
     flops = result["flops"]
+    overhead = result.get("runtime_overhead")
     lines.append(
-        f"  runtime overhead x{result['runtime_overhead']:.3f} | relative FLOPs {flops['relative']:.3f} "
+        ("" if overhead is None else f"  runtime overhead x{overhead:.3f} |")
+        + f"  relative FLOPs {flops['relative']:.3f} "
         f"| speed-up {result['speedup']:.2f}x of ideal {result['ideal_speedup']:.2f}x "
         f"-> efficiency {result['efficiency']:.2f}"
     )
     breakdown = result.get("breakdown")
     if breakdown:
-        for name in VARIANTS:
+        for name in (variant for variant in VARIANTS if variant in breakdown):
             part = breakdown[name]
             lines.append(
                 f"  profile {name:<14} linear {part['linear_ms']:.2f} | attention {part['attention_ms']:.2f} "

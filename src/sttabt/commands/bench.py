@@ -53,6 +53,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also profile one call per variant and report time by kind of work (linear, attention, other)",
     )
+    p.add_argument(
+        "--skip-runtime-dense",
+        action="store_true",
+        help="time only HF dense and the method (not the runtime's own dense pass): for the slowest shapes",
+    )
     p.add_argument("--output", required=True, help="where to write the JSON result")
     p.set_defaults(func=run)
 
@@ -77,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         seed=args.seed,
         breakdown=args.breakdown,
+        runtime_dense=not args.skip_runtime_dense,
         output=args.output,
     )
     result = run_benchmark(config)
