@@ -88,7 +88,10 @@ def _evaluate(model_dir, glue_dir, tmp_path, *extra, name="results") -> tuple[in
         "--no-progress",
         *extra,
     ]
-    code = main(argv)
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own usage errors
+        code = exc.code
     return code, (json.loads(out.read_text()) if out.exists() else {}), preds
 
 
@@ -336,3 +339,144 @@ def test_sweep_then_append_abt(tiny_model_dir, tiny_approx_dir, glue_dir, tmp_pa
     assert full["retention"] == pytest.approx(1.0)
     assert (out / "accuracy_vs_flops.png").stat().st_size > 1000
     assert "| 0.3 |" in (out / "summary.md").read_text()
+
+
+# ------------------------------------------------------------------ refused before any work (issue 9)
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Fail the test if anything reaches the model loader: the error must come first."""
+    import sttabt.models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(sttabt.models, "load_model_config", refuse)
+    monkeypatch.setattr(sttabt.models, "load_text_classifier", refuse)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--method", "dense", "--keep", "0.3"], "method 'dense' does not use --keep"),
+        (["--method", "topk", "--keep", "0.3", "--approx", "x"], "method 'topk' does not use --approx"),
+        (["--method", "topk", "--keep", "0.3", "--p", "0.5"], "does not use --p"),
+        (["--method", "abt-oracle", "--keep", "0.3", "--p", "-5"], "--p: must be a finite number in [0, 1]"),
+        (["--method", "abt-oracle", "--keep", "0.3", "--p", "nan"], "--p: must be a finite number in [0, 1]"),
+        (["--method", "topk", "--keep", "abc"], "keep ratio must be in (0, 1]"),
+        (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+        (["--dtype", "fp16", "--device", "cpu"], "fp16 autocast is not supported on CPU"),
+        (["--split", "nope"], "unknown split 'nope' for sst2; choose one of train, dev, validation, test"),
+        (["--batch-size", "0"], "argument --batch-size: must be at least 1"),
+        (["--limit", "-3"], "argument --limit: must be at least 1"),
+    ],
+)
+def test_bad_arguments_fail_before_loading(glue_dir, tmp_path, capsys, no_loading, extra, message):
+    code, _, _ = _evaluate(tmp_path / "never-loaded", glue_dir, tmp_path, *extra)
+    assert code == 2
+    assert message in _one_line_error(capsys)
+
+
+def test_unwritable_outputs_fail_before_loading(glue_dir, tmp_path, capsys, no_loading):
+    (tmp_path / "afile").write_text("x")
+    for output in (tmp_path, tmp_path / "afile" / "r.json"):
+        argv = ["evaluate", "--model", "m", "--task", "sst2", "--data-dir", str(glue_dir),
+                "--output", str(output), "--no-progress"]  # fmt: skip
+        assert main(argv) == 2
+        assert "--output" in _one_line_error(capsys)
+    argv = ["evaluate", "--model", "m", "--task", "sst2", "--output", str(tmp_path / "r.json"),
+            "--predictions", str(tmp_path / "r.json")]  # fmt: skip
+    assert main(argv) == 2 and "same file" in _one_line_error(capsys)
+
+
+def test_max_length_beyond_the_model_fails_before_the_data(tiny_model_dir, tmp_path, capsys):
+    code, _, _ = _evaluate(tiny_model_dir, tmp_path / "no-data", tmp_path, "--max-length", "100000")
+    assert code == 2
+    assert "--max-length 100000 exceeds the model's maximum of 512 positions" in _one_line_error(capsys)
+
+
+def test_a_model_without_a_trained_head_is_refused(tmp_path, glue_dir, capsys):
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from sttabt.models import resolve_model_path
+
+    base = tmp_path / "base"
+    BertModel(BertConfig(vocab_size=64, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=16)).save_pretrained(base)  # fmt: skip
+    AutoTokenizer.from_pretrained(resolve_model_path("minilm")).save_pretrained(base)
+    for model in (str(base), "minilm"):
+        code, report, _ = _evaluate(model, glue_dir, tmp_path)
+        assert code == 2 and not report
+        err = _one_line_error(capsys)
+        assert "no trained weights for classifier.bias, classifier.weight" in err and "sttabt finetune" in err
+
+
+def test_a_model_of_another_task_is_refused(tiny_model_dir, glue_dir, tmp_path, capsys):
+    import shutil
+
+    code, _, _ = _evaluate(tiny_model_dir, glue_dir, tmp_path, "--task", "mnli")
+    assert code == 2 and "has 2 labels but task mnli has 3" in _one_line_error(capsys)
+    named = tmp_path / "sst2-model"
+    shutil.copytree(tiny_model_dir, named)
+    config = json.loads((named / "config.json").read_text())
+    config.update(id2label={"0": "negative", "1": "positive"}, label2id={"negative": 0, "positive": 1})
+    (named / "config.json").write_text(json.dumps(config))
+    code, _, _ = _evaluate(named, tmp_path / "no-data", tmp_path, "--task", "mrpc")
+    assert code == 2 and "predicts the labels negative, positive but task mrpc" in _one_line_error(capsys)
+
+
+def test_a_hub_id_reaches_the_hub_and_offline_says_so_in_one_line(glue_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, _ = _evaluate("textattack/no-such-model-sttabt", glue_dir, tmp_path)
+    err = _one_line_error(capsys)
+    assert code == 2 and "does not exist" not in err and "textattack/no-such-model-sttabt" in err
+
+
+def test_results_record_provenance_and_predictions_name_labels(tiny_model_dir, glue_dir, tmp_path):
+    import transformers
+
+    code, report, preds = _evaluate(tiny_model_dir, glue_dir, tmp_path, "--device", "cpu")
+    assert code == 0
+    prov = report["provenance"]
+    assert prov["versions"]["torch"] == torch.__version__
+    assert prov["versions"]["transformers"] == transformers.__version__
+    assert prov["versions"]["sttabt"]
+    assert prov["timestamp"].endswith("+00:00")
+    assert prov["model_path"] == str(Path(tiny_model_dir).resolve())
+    assert len(prov["weights_sha256"]) == 64
+    assert prov["data_dir"] == str(Path(glue_dir).resolve())
+    assert prov["device"] == "cpu" and prov["device_info"]["type"] == "cpu"
+    assert prov["threads"] == torch.get_num_threads()
+    assert prov["command"].startswith("sttabt evaluate --model ") and "--device cpu" in prov["command"]
+    first = json.loads(preds.read_text().splitlines()[0])
+    assert first["label_name"] == ("positive" if first["label"] == 1 else "negative")
+    assert first["prediction_name"] in ("negative", "positive")
+
+
+def test_help_texts(capsys):
+    def help_of(*argv: str) -> str:
+        with pytest.raises(SystemExit):
+            main([*argv, "--help"])
+        return capsys.readouterr().out
+
+    evaluate = " ".join(help_of("evaluate").split())
+    assert "dev_mismatched" in evaluate and "bbc: train or test" in evaluate
+    for command in ("finetune", "distill", "evaluate", "sweep", "bench"):
+        text = help_of(command)
+        assert "(default: None)" not in text and ") (default" not in text, command
+    sweep = help_of("sweep")
+    import re
+
+    options = re.findall(r"^  (--[a-z-]+)( [A-Z_,.]+)?\n?(.*)$", sweep, flags=re.M)
+    assert options and all(helptext.strip() or "\n" for _, _, helptext in options)
+    assert "concrete" not in help_of("bench").lower()
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.startswith("sttabt ")

