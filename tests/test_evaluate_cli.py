@@ -471,12 +471,69 @@ def test_help_texts(capsys):
     for command in ("finetune", "distill", "evaluate", "sweep", "bench"):
         text = help_of(command)
         assert "(default: None)" not in text and ") (default" not in text, command
-    sweep = help_of("sweep")
-    import re
+    from sttabt.cli import build_parser
 
-    options = re.findall(r"^  (--[a-z-]+)( [A-Z_,.]+)?\n?(.*)$", sweep, flags=re.M)
-    assert options and all(helptext.strip() or "\n" for _, _, helptext in options)
+    commands = next(a for a in build_parser()._actions if isinstance(a, type(a)) and a.dest == "command")
+    for name in ("sweep", "evaluate", "bench"):
+        missing = [a.option_strings for a in commands.choices[name]._actions if not a.help]
+        assert not missing, (name, missing)
     assert "concrete" not in help_of("bench").lower()
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0 and capsys.readouterr().out.startswith("sttabt ")
+
+
+def _sweep(model_dir, glue_dir, out, *extra) -> int:
+    argv = ["sweep", "--model", str(model_dir), "--task", "sst2", "--data-dir", str(glue_dir),
+            "--output-dir", str(out), "--no-progress", "--methods", "abt-oracle", *extra]  # fmt: skip
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--keeps", "0,2"], "--keeps: keep ratio must be in (0, 1], got 0.0"),
+        (["--keeps", "0.3,0.3"], "lists a keep ratio twice"),
+        (["--methods", "topk,nope"], "--methods must list some of"),
+        (["--approx", "x"], "--approx is only used by method abt"),
+        (["--device", "tpu"], "--device must be"),
+        (["--limit", "0"], "argument --limit"),
+        (["--append"], "no earlier sweep"),
+    ],
+)
+def test_sweep_arguments_fail_before_any_work(glue_dir, tmp_path, capsys, no_loading, extra, message):
+    assert _sweep("never-loaded", glue_dir, tmp_path / "s", *extra) == 2
+    assert message in _one_line_error(capsys)
+    assert not (tmp_path / "s").exists()
+
+
+def test_sweep_records_its_settings_and_refuses_to_mix(tiny_model_dir, glue_dir, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert _sweep(tiny_model_dir, glue_dir, out, "--keeps", "0.3,1.0", "--limit", "4") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["limit"] == 4 and summary["settings"]["max_length"] == 128
+    assert "limit=4" in (out / "summary.md").read_text()
+    before = (out / "summary.json").read_text()
+    capsys.readouterr()
+    assert _sweep(tiny_model_dir, glue_dir, out, "--keeps", "0.5", "--limit", "3", "--append") == 2
+    err = _one_line_error(capsys)
+    assert "cannot --append" in err and "limit 4 vs 3" in err
+    assert (out / "summary.json").read_text() == before
+    # A fresh sweep in the same directory replaces the earlier one: no stale run files are left.
+    assert _sweep(tiny_model_dir, glue_dir, out, "--keeps", "0.5") == 0
+    names = sorted(p.name for p in out.glob("*.json"))
+    assert names == ["abt-oracle_k0.5.json", "dense.json", "summary.json"]
+    rows = json.loads((out / "summary.json").read_text())["rows"]
+    assert {r["keep"] for r in rows} == {None, 0.5}
+
+
+def test_sweep_refuses_a_directory_of_other_files(tiny_model_dir, glue_dir, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.json").write_text("{}")
+    assert _sweep(tiny_model_dir, glue_dir, mine, "--keeps", "0.5") == 2
+    assert "--overwrite" in _one_line_error(capsys)
+    assert [p.name for p in mine.iterdir()] == ["notes.json"]

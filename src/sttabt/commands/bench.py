@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from sttabt import validate
 from sttabt.methods.registry import parse_keep
 
 
@@ -33,21 +34,32 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="distilled ApproxNet directory (ABT), or random[:F]: a random-init factor-F ApproxNet of the "
         "model's shape (F = 4 by default), for timing without trained artifacts",
     )
-    p.add_argument("--p", type=float, default=0.1, help="ABT impact-mixing constant p (default 0.1)")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--seq-len", type=int, default=128, help="real length of every sample (incl. CLS)")
+    p.add_argument(
+        "--p", type=validate.p_arg, default=0.1, help="ABT impact-mixing constant p in [0, 1] (default 0.1)"
+    )
+    p.add_argument("--batch-size", type=validate.positive_int_arg, default=1, help="samples (default 1)")
+    p.add_argument(
+        "--seq-len",
+        type=validate.positive_int_arg,
+        default=128,
+        help="real length of each sample, with CLS (default 128)",
+    )
     p.add_argument(
         "--length-jitter",
         type=float,
         default=0.0,
         help="draw real lengths uniformly from [ceil((1-J)*seq_len), seq_len] and pad to the longest",
     )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast precision")
-    p.add_argument("--warmup", type=int, default=3, help="untimed rounds before measuring")
-    p.add_argument("--repeats", type=int, default=10, help="timed rounds (each times all three variants)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup", type=validate.non_negative_int_arg, default=3, help="untimed rounds")
+    p.add_argument(
+        "--repeats", type=validate.positive_int_arg, default=10, help="timed rounds (default 10)"
+    )
+    p.add_argument(
+        "--threads", type=validate.positive_int_arg, default=None, help="intra-op threads (default: torch's)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     p.add_argument(
         "--breakdown",
         action="store_true",
