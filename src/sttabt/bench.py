@@ -21,9 +21,6 @@ from __future__ import annotations
 import gc
 import logging
 import math
-import os
-import platform
-import re
 import shlex
 import time
 from collections.abc import Callable
@@ -33,13 +30,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from sttabt import validate
 from sttabt.adapters.base import EncoderAdapter
 from sttabt.adapters.hf_text import HFTextClassifierAdapter
 from sttabt.core.flops import dense_cost, dense_counts, macs_by_kind
 from sttabt.errors import SttabtError
 from sttabt.methods.registry import MethodOptions, build_selector, validate_method
+from sttabt.provenance import CPU_FEATURES, device_info, load_average, versions  # noqa: F401  (re-exported)
 from sttabt.runtime import SparseEncoder
-from sttabt.utils import DTYPES, atomic_write_json, autocast, inference, resolve_device, set_seed
+from sttabt.utils import atomic_write_json, autocast, inference, resolve_device, set_seed
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +65,6 @@ BERT_CLS_ID = 101
 #: Variants in the order of the first round; later rounds rotate it.
 VARIANTS = ("hf_dense", "runtime_dense", "method")
 _ROBERTA_LIKE = ("roberta", "xlm-roberta", "camembert")
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 @dataclass
@@ -111,24 +109,17 @@ class BenchConfig:
 
     def validate(self) -> None:
         """Cheap checks before any model is loaded, so a typo fails in milliseconds with a clear message."""
-        validate_method(self.method, self.method_options())
+        validate_method(self.method, self.method_options(), strict=True)
         self.random_approx_factor()
-        if self.batch_size < 1:
-            raise SttabtError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.seq_len < 2:
-            raise SttabtError(f"--seq-len must be at least 2 (CLS plus one token), got {self.seq_len}")
+        validate.positive_int(self.batch_size, "--batch-size")
+        validate.max_length(self.seq_len, name="--seq-len")
         if not 0.0 <= self.length_jitter < 1.0:
             raise SttabtError(f"--length-jitter must be in [0, 1), got {self.length_jitter}")
-        if self.warmup < 0:
-            raise SttabtError(f"--warmup must be >= 0, got {self.warmup}")
-        if self.repeats < 1:
-            raise SttabtError(f"--repeats must be >= 1, got {self.repeats}")
-        if self.threads is not None and self.threads < 1:
-            raise SttabtError(f"--threads must be >= 1, got {self.threads}")
-        if self.dtype not in DTYPES:
-            raise SttabtError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
-        if not _DEVICE_RE.match(self.device):
-            raise SttabtError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        validate.non_negative_int(self.warmup, "--warmup")
+        validate.positive_int(self.repeats, "--repeats")
+        if self.threads is not None:
+            validate.positive_int(self.threads, "--threads")
+        validate.dtype(self.dtype, validate.device(self.device, "--device"), "--dtype")
         if self.model_config is None and self.model.startswith(RANDOM_PREFIX):
             name = self.model[len(RANDOM_PREFIX) :]
             if name not in RANDOM_SHAPES:
@@ -280,60 +271,9 @@ def measure(
     return samples, outputs
 
 
-def _cpuinfo_field(name: str) -> str | None:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.lower().startswith(name):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def _cpu_name() -> str:
-    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
-
-
-#: CPU features that decide reduced-precision speed (bf16 autocast is slow without native bf16).
-CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def device_info(device: torch.device) -> dict[str, Any]:
-    if device.type == "cuda":
-        return {"type": "cuda", "name": torch.cuda.get_device_name(device), "index": device.index}
-    flags = set((_cpuinfo_field("flags") or "").split())
-    return {
-        "type": "cpu",
-        "name": _cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "features": [feature for feature in CPU_FEATURES if feature in flags],
-    }
-
-
-def _load_average() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata
-
-    import transformers
-
-    try:
-        sttabt_version = importlib.metadata.version("sttabt")
-    except importlib.metadata.PackageNotFoundError:
-        sttabt_version = "unknown"
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "sttabt": sttabt_version,
-    }
+# Moved to sttabt.provenance (shared with results.json); the old names stay importable from here.
+_load_average = load_average
+_versions = versions
 
 
 def run_benchmark(config: BenchConfig) -> dict[str, Any]:
