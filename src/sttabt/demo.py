@@ -54,7 +54,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--epochs", default="2", help="fine-tuning epochs")
     add("--general-epochs", default="1", help="general-distillation epochs (augmented train text; 0: skip)")
     add("--distill-epochs", default="3", help="task-distillation epochs")
-    add("--distill-lr", default="1e-3", help="ApproxNet learning rate")
+    add("--distill-lr", default="2e-3", help="ApproxNet learning rate")
+    add(
+        "--distill-batch-size",
+        default="8",
+        help="ApproxNet batch size (small batches: more steps per minute)",
+    )
     add("--keeps", default="0.3,0.15", help="ABT keep ratios (the first also sets top-k's target)")
     add("--limit", default=None, help="evaluate the first N test articles (default: all 444)")
     add("--timing-docs", default="16", help="test articles in the timed batch")
@@ -83,6 +88,7 @@ def _validated(args: argparse.Namespace) -> argparse.Namespace:
         raise SttabtError(f"--distill-lr must be a number, got {args.distill_lr!r}") from None
     if not 0 < args.distill_lr < 1:
         raise SttabtError(f"--distill-lr must be in (0, 1), got {args.distill_lr}")
+    args.distill_batch_size = validate.positive_int(args.distill_batch_size, "--distill-batch-size")
     args.keeps = validate.keep_list(args.keeps, "--keeps")
     args.limit = None if args.limit is None else validate.positive_int(args.limit, "--limit")
     args.timing_docs = validate.positive_int(args.timing_docs, "--timing-docs")
@@ -186,8 +192,9 @@ def _approxnet(args: argparse.Namespace, work: Path, teacher_dir: Path):
     dc = DistillConfig(
         teacher=str(teacher_dir), task="bbc", output=str(approx_dir), factor=4,
         general_epochs=args.general_epochs, epochs=args.distill_epochs, lr=args.distill_lr,
-        max_length=args.max_length, max_train_examples=args.train_examples, batch_size=16, seed=args.seed,
-        device=args.device, dtype=args.train_dtype, quality_examples=64,
+        max_length=args.max_length, max_train_examples=args.train_examples,
+        batch_size=args.distill_batch_size, seed=args.seed, device=args.device, dtype=args.train_dtype,
+        quality_examples=64,
     )  # fmt: skip
     log.info("[2/4] distilling a factor-4 ApproxNet -> %s", approx_dir)
     _cached(approx_dir, asdict(dc), lambda: _distill_and_report(dc))
