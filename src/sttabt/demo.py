@@ -47,26 +47,30 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = _Parser(prog="python -m sttabt.demo", description=__doc__.splitlines()[0])
-    add = parser.add_argument
-    add("--workdir", default="artifacts/demo", help="where the models, results and page go (cached)")
-    add("--max-length", default="256", help="tokens per article for training and evaluation")
-    add("--train-examples", default="400", help="train articles for fine-tuning and distillation")
-    add("--epochs", default="2", help="fine-tuning epochs")
-    add("--general-epochs", default="1", help="general-distillation epochs (augmented train text; 0: skip)")
-    add("--distill-epochs", default="3", help="task-distillation epochs")
-    add("--distill-lr", default="2e-3", help="ApproxNet learning rate")
+
+    def add(flag: str, default: str | None, help: str, **kwargs: Any) -> None:
+        shown = help if default is None else f"{help} (default: {default})"
+        parser.add_argument(flag, default=default, help=shown, **kwargs)
+
+    add("--workdir", "artifacts/demo", "where the models, results and page go (cached)")
+    add("--max-length", "256", "tokens per article for training and evaluation")
+    add("--train-examples", "400", "train articles for fine-tuning and distillation")
+    add("--epochs", "2", "fine-tuning epochs")
+    add("--general-epochs", "1", "general-distillation epochs (augmented train text; 0: skip)")
+    add("--distill-epochs", "3", "task-distillation epochs")
+    add("--distill-lr", "2e-3", "ApproxNet learning rate")
     add(
         "--distill-batch-size",
         default="8",
-        help="ApproxNet batch size (small batches: more steps per minute)",
+        help="ApproxNet batch size (smaller: more optimiser steps per epoch)",
     )
     add("--keeps", default="0.3,0.15", help="ABT keep ratios (the first also sets top-k's target)")
-    add("--limit", default=None, help="evaluate the first N test articles (default: all 444)")
-    add("--timing-docs", default="16", help="test articles in the timed batch")
-    add("--timing-rounds", default="5", help="timed rounds per method, after one warm-up round")
+    add("--limit", None, "evaluate the first N test articles (default: all 444)")
+    add("--timing-docs", "16", "test articles in the timed batch")
+    add("--timing-rounds", "5", "timed rounds per method, after one warm-up round")
     add("--train-dtype", default="fp32", choices=["fp32", "bf16"], help="bf16 is slow without native bf16")
-    add("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    add("--seed", default="0")
+    add("--device", "auto", "auto, cpu, cuda or cuda:N")
+    add("--seed", "0", "seed of every random draw")
     return _validated(parser.parse_args(argv))
 
 
