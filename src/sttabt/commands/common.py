@@ -59,9 +59,8 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace a non-empty --output directory that is not an earlier output of this command",
-    )
+def add_overwrite_argument(
+    parser: argparse.ArgumentParser,
+    text: str = "replace a non-empty --output directory that is not an earlier output of this command",
+) -> None:
+    parser.add_argument("--overwrite", action="store_true", help=text)

@@ -46,7 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_runtime_arguments(parser)
     parser.add_argument("--output-dir", required=True, help="directory for the runs, the table and the plot")
-    add_overwrite_argument(parser)
+    add_overwrite_argument(
+        parser, "write into a non-empty --output-dir that holds other files (they are left alone)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--append",
