@@ -66,7 +66,7 @@ def test_rows_on_demand_equal_the_rows_of_full_maps(model):
             needed = compact(valid.new_zeros(valid.shape).index_fill(1, torch.tensor([0]), True))
             if layer < len(full) - 1:  # the last layer has only the CLS query
                 needed = compact(wanted)
-            got = rows(layer, needed)
+            got = rows(layer, needed, slice(None))
             for b in range(valid.shape[0]):
                 members = needed.positions[b][needed.valid[b]]
                 n_keys = got.shape[-1]

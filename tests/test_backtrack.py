@@ -11,7 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sttabt.adapters.hf_text import HFTextClassifierAdapter
-from sttabt.core.backtrack import backtrack, backtrack_overhead_flops, dynamic_counts, per_layer_keep
+from sttabt.core.backtrack import (
+    backtrack,
+    backtrack_overhead_flops,
+    backtrack_rows,
+    dynamic_counts,
+    per_layer_keep,
+    rows_of_maps,
+)
 from sttabt.runtime import SparseEncoder
 
 
@@ -367,3 +374,22 @@ def test_padding_invariance_through_the_runtime(helpers, keep):
     assert any(len(s) < n for b, n in enumerate(lengths) for s in sets_a[b][:-1])  # something was pruned
     torch.testing.assert_close(out_a.logits, out_b.logits, atol=1e-5, rtol=0)
     assert torch.equal(out_a.counts, out_b.counts)
+
+
+@pytest.mark.parametrize("keep", [0.3, "dynamic"])
+@pytest.mark.parametrize("reductions", [("mean", "mean"), ("max", "mean"), ("mean", "max")])
+def test_chunks_of_samples_change_nothing(keep, reductions):
+    """Scoring a few samples at a time (to stay in cache) gives the same sets and scores as all at once."""
+    gen = torch.Generator().manual_seed(11)
+    attentions, valid = random_attention([13, 4, 9, 1, 12], heads=3, layers=3, gen=gen, width=15)
+    head, token = reductions
+    rows = rows_of_maps(attentions)
+    whole = backtrack_rows(rows, valid, keep, 3, head_reduction=head, token_reduction=token, heads=3)
+    for budget in (1, 200, 3 * 15 * 15 * 2):  # one sample at a time, then two
+        chunked = backtrack_rows(
+            rows, valid, keep, 3, head_reduction=head, token_reduction=token, heads=3, chunk_elements=budget
+        )
+        for a, b in zip(whole.key_sets, chunked.key_sets, strict=True):
+            assert torch.equal(a, b)
+        for a, b in zip(whole.scores, chunked.scores, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6)

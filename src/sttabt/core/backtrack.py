@@ -25,11 +25,16 @@ from sttabt.core.tokens import CompactIndex, compact, gather_tokens, keep_counts
 Reduction = Literal["mean", "max"]
 KeepSpec = float | Sequence[float] | Literal["dynamic"]
 
-#: ``rows(layer, queries)``: layer ``layer``'s attention probabilities for the query positions of
-#: ``queries`` only, per head ``(B, H, m, n)`` or already reduced over heads ``(B, m, n)``, over the key
-#: positions ``0..n-1`` (``n <= T``; keys from ``n`` on, and padded keys, get no attention). Row ``i`` of a
-#: sample is its query ``queries.positions[b, i]``; rows where ``queries.valid`` is False are ignored.
-AttentionRows = Callable[[int, CompactIndex], torch.Tensor]
+#: ``rows(layer, queries, samples)``: layer ``layer``'s attention probabilities, for the samples
+#: ``samples`` (a slice of the batch) and the query positions of ``queries`` (the layout of those samples)
+#: only, per head ``(b, H, m, n)`` or already reduced over heads ``(b, m, n)``, over the key positions
+#: ``0..n-1`` (``n <= T``; keys from ``n`` on, and padded keys, get no attention). Row ``i`` of a sample is
+#: its query ``queries.positions[b, i]``; rows where ``queries.valid`` is False are ignored.
+AttentionRows = Callable[[int, CompactIndex, slice], torch.Tensor]
+
+#: Default bound on the attention-row elements (b·H·m·n) scored at once: samples are taken in chunks so
+#: that the rows stay in cache instead of streaming a batch-sized tensor through memory (16 MiB in fp32).
+ROW_CHUNK_ELEMENTS = 1 << 22
 
 #: Reference dynamic-k constants [code]: a key counts if its score exceeds this fraction of the row max.
 DYNAMIC_RELATIVE_THRESHOLD = 0.00625
@@ -143,11 +148,14 @@ def backtrack_rows(
     head_reduction: Reduction = "mean",
     token_reduction: Reduction = "mean",
     union: bool = True,
+    heads: int = 1,
+    chunk_elements: int = ROW_CHUNK_ELEMENTS,
 ) -> BacktrackResult:
     """Build nested key sets S_0 ⊇ … ⊇ S_L, reading only the attention rows each layer needs.
 
     Args:
-        rows: the attention source (see :data:`AttentionRows`).
+        rows: the attention source (see :data:`AttentionRows`); ``heads`` is its head count, used only to
+            size the chunks of samples scored at once (``chunk_elements`` elements at most).
         valid: ``(B, T)`` bool, real (non-padding) tokens.
         keep: ratio of each sample's real length kept per layer, a list of L ratios, or ``"dynamic"``.
         readout: ``(B, T)`` bool seed S_L; defaults to CLS (position 0).
@@ -168,17 +176,10 @@ def backtrack_rows(
     no_padding = bool(valid.all())  # asked once: then nothing needs masking
 
     sets, layouts, scores = [needed], [layout], []
+    reductions = (head_reduction, token_reduction)
     for layer in range(num_layers - 1, -1, -1):
-        attention = rows(layer, step.layout)
-        _check_rows(attention, layer, valid.shape[0], step.layout.positions.shape[1], length)
-        weights = (1.0 - p) + p * step.impact
-        if not step.layout.full:
-            weights = weights * step.layout.valid  # zero on padding rows
-        score = reduce_rows(
-            attention, weights, step.layout.valid, head_reduction, token_reduction, _rows_of(step.layout)
-        )
-        if score.shape[1] < length:  # keys past the source's width get nothing
-            score = torch.nn.functional.pad(score, (0, length - score.shape[1]))
+        per_chunk = max(1, chunk_elements // max(1, heads * step.layout.positions.shape[1] * length))
+        score = _layer_scores(rows, layer, step, p, reductions, per_chunk, length)
         if not no_padding:
             score = score.masked_fill(~valid, 0.0)
         count = dynamic_counts(score, valid) if counts is None else counts[layer]
@@ -195,6 +196,33 @@ def backtrack_rows(
     return BacktrackResult(key_sets=sets, scores=scores, layouts=layouts)
 
 
+def _layer_scores(
+    rows: AttentionRows,
+    layer: int,
+    step: _Step,
+    p: float,
+    reductions: tuple[Reduction, Reduction],
+    per_chunk: int,
+    length: int,
+) -> torch.Tensor:
+    """r(j) ``(B, T)`` of one layer, scoring ``per_chunk`` samples at a time (each sample on its own)."""
+    batch = step.layout.positions.shape[0]
+    weights = (1.0 - p) + p * step.impact
+    if not step.layout.full:
+        weights = weights * step.layout.valid  # zero on padding rows
+    parts = []
+    for start in range(0, batch, per_chunk):
+        samples = slice(start, min(start + per_chunk, batch))
+        layout = step.layout if per_chunk >= batch else step.layout.chunk(samples)
+        attention = rows(layer, layout, samples)
+        _check_rows(attention, layer, layout.positions.shape[0], layout.positions.shape[1], length)
+        score = reduce_rows(attention, weights[samples], layout.valid, *reductions, _rows_of(layout))
+        if score.shape[1] < length:  # keys past the source's width get nothing
+            score = torch.nn.functional.pad(score, (0, length - score.shape[1]))
+        parts.append(score)
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 def _check_rows(rows: torch.Tensor, layer: int, batch: int, needed: int, length: int) -> None:
     fits = rows.dim() in (3, 4) and rows.shape[0] == batch and rows.shape[-2] == needed
     if not fits or rows.shape[-1] > length:
@@ -207,8 +235,8 @@ def _check_rows(rows: torch.Tensor, layer: int, batch: int, needed: int, length:
 def rows_of_maps(attentions: Sequence[torch.Tensor]) -> AttentionRows:
     """An :data:`AttentionRows` source that slices full per-layer maps ``(B, H, T, T)`` (H may be 1)."""
 
-    def rows(layer: int, queries: CompactIndex) -> torch.Tensor:
-        probs = attentions[layer]
+    def rows(layer: int, queries: CompactIndex, samples: slice) -> torch.Tensor:
+        probs = attentions[layer][samples]
         batch, length = queries.positions.shape[0], probs.shape[-1]
         if probs.dim() != 4 or probs.shape[0] != batch or probs.shape[2] != length:
             raise ValueError(
@@ -241,9 +269,10 @@ def backtrack(
 
     For analysis and tests; inference computes only the needed rows (see ``sttabt.methods.abt``).
     """
+    heads = attentions[0].shape[1] if len(attentions) else 1
     return backtrack_rows(
         rows_of_maps(attentions), valid, keep, len(attentions), readout=readout, p=p,
-        head_reduction=head_reduction, token_reduction=token_reduction, union=union,
+        head_reduction=head_reduction, token_reduction=token_reduction, union=union, heads=heads,
     )  # fmt: skip
 
 

@@ -40,6 +40,13 @@ class CompactIndex:
         """Whether no entry is padding (asked once per index: attention then needs no key mask)."""
         return bool(self.valid.all())
 
+    def chunk(self, samples: slice) -> CompactIndex:
+        """The layouts of the samples ``samples`` (still padded to this batch's width)."""
+        part = CompactIndex(self.positions[samples], self.valid[samples])
+        if self.__dict__.get("full"):
+            part.__dict__["full"] = True  # a slice of an unpadded index is unpadded
+        return part
+
     @cached_property
     def prefix(self) -> bool:
         """Whether every member sits at its own slot (positions 0, 1, …: right padding, nothing removed),

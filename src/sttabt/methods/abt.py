@@ -68,13 +68,19 @@ def rows_on_demand(records: list[QueryKeys], scales: list[float], length: int) -
     changes the sets only through the predictor's own hidden states.
     """
 
-    def rows(layer: int, needed: CompactIndex) -> torch.Tensor:
+    def rows(layer: int, needed: CompactIndex, samples: slice) -> torch.Tensor:
         view, q, k = records[layer]
-        rel = needed.positions if view.queries.prefix else relative_index(view.query_mask, needed)
+        rel = needed.positions
+        if not view.queries.prefix:
+            rel = relative_index(view.query_mask[samples], needed)
+        key_valid = view.keys.valid[samples]
         with torch.autocast(q.device.type, enabled=False):
-            picked, keys = _float(gather_head_rows(q, rel)), _float(k)
-            probs = attention_probs(picked, keys, view.keys.valid, scales[layer], view.keys.full)
-        return probs if view.keys.prefix else _at_key_positions(probs, view.keys, length)
+            picked, keys = _float(gather_head_rows(q[samples], rel)), _float(k[samples])
+            # Whole-batch flags hold for every chunk (no padding in the batch: none in a chunk).
+            probs = attention_probs(picked, keys, key_valid, scales[layer], view.keys.full or None)
+        if view.keys.prefix:
+            return probs
+        return _at_key_positions(probs, view.keys.chunk(samples), length)
 
     return rows
 
@@ -136,7 +142,7 @@ class BacktrackSelector(TokenSelector):
         rows = rows_on_demand(recorder.records, scales, valid.shape[1])
         self.result = backtrack_rows(
             rows, valid, self.keep, self.num_layers, p=self.p, head_reduction=self.head_reduction,
-            token_reduction=self.token_reduction,
+            token_reduction=self.token_reduction, heads=adapter.num_heads,
         )  # fmt: skip
         self._overhead = functools.partial(self._cost, valid.sum(dim=1), self.result)
 
