@@ -516,6 +516,9 @@ def test_sweep_records_its_settings_and_refuses_to_mix(tiny_model_dir, glue_dir,
     summary = json.loads((out / "summary.json").read_text())
     assert summary["settings"]["limit"] == 4 and summary["settings"]["max_length"] == 128
     assert "limit=4" in (out / "summary.md").read_text()
+    dense = json.loads((out / "dense.json").read_text())
+    assert dense["provenance"]["command"].startswith("sttabt sweep --model ")
+    assert summary["settings"]["weights_sha256"] == dense["provenance"]["weights_sha256"]
     before = (out / "summary.json").read_text()
     capsys.readouterr()
     assert _sweep(tiny_model_dir, glue_dir, out, "--keeps", "0.5", "--limit", "3", "--append") == 2

@@ -59,7 +59,10 @@ def load_model_config(name_or_path: str) -> Any:
     try:
         return AutoConfig.from_pretrained(path)
     except Exception as exc:  # offline Hub, unknown id, bad config.json: all user-facing
-        raise SttabtError(f"cannot load a model config from {name_or_path!r}: {_first_line(exc)}") from exc
+        where = "" if Path(path).exists() else " (no such local directory; tried the Hub)"
+        raise SttabtError(
+            f"cannot load a model config from {name_or_path!r}{where}: {_first_line(exc)}"
+        ) from exc
 
 
 def check_task_fit(model_config: Any, task: Any, name: str) -> None:

@@ -108,6 +108,7 @@ def run_sweep(
     model=None,
     tokenizer=None,
     append: bool = False,
+    command: str | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate dense and every (method, k); write one JSON per run plus summary.json/.md and a plot.
 
@@ -149,7 +150,8 @@ def run_sweep(
 
     def record(method: str, keep: Any, options: MethodOptions, name: str) -> dict[str, Any]:
         config = replace(base, method=method, options=options)
-        report = write_outputs(run_evaluation(config, model, tokenizer), out_dir / f"{name}.json")
+        run = run_evaluation(config, model, tokenizer)
+        report = write_outputs(run, out_dir / f"{name}.json", command=command)
         row = {
             "method": method,
             "keep": keep,
@@ -182,7 +184,7 @@ def run_sweep(
         rows = [r for r in rows if r["method"] != "abt-oracle"]
     seen = {(r["method"], r["keep"]) for r in rows}
     rows = [r for r in previous if (r["method"], r["keep"]) not in seen] + rows
-    recorded = {**settings, "batch_size": base.batch_size, "device": base.device,
+    recorded = {**settings, "batch_size": base.batch_size, "device": base.device, "command": command,
                 "topk_schedule": "reference, at the oracle's measured retention"}  # fmt: skip
     summary = {"task": base.task, "split": base.split, "model": base.model, "approx": approx,
                "settings": recorded, "rows": rows}  # fmt: skip

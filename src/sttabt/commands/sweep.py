@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     check_sweep(base, keeps, methods, args.approx)
-    run_sweep(base, args.output_dir, keeps, methods, args.approx, append=args.append)
+    command = getattr(args, "command_line", None)
+    run_sweep(base, args.output_dir, keeps, methods, args.approx, append=args.append, command=command)
     print(Path(args.output_dir, "summary.md").read_text())
     return 0
