@@ -24,6 +24,10 @@ def test_keep_ratio_forms():
     assert validate.keep_ratio("0.9,0.5") == [0.9, 0.5]
     assert validate.keep_ratio([1, 0.5]) == [1.0, 0.5]
     assert validate.keep_ratio(1) == 1.0
+    import numpy as np
+
+    assert validate.keep_ratio(np.float32(0.5)) == 0.5
+    assert validate.positive_int(np.int64(3), "n") == 3
 
 
 def test_keep_list():

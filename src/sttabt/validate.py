@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import numbers
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -38,7 +39,7 @@ def non_negative_int(value: Any, name: str) -> int:
 
 
 def _int_at_least(value: Any, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral | str):
         raise SttabtError(f"{name} must be a whole number, got {value!r}")
     try:
         number = int(value)
@@ -94,7 +95,7 @@ def keep_ratio(value: Any, name: str = "keep") -> Keep:
 def _ratios(values: list[Any], name: str, original: Any) -> list[float]:
     out = []
     for item in values:
-        if isinstance(item, bool) or not isinstance(item, int | float):
+        if isinstance(item, bool) or not isinstance(item, numbers.Real):
             raise SttabtError(f"{name}: keep ratio must be in (0, 1] or 'dynamic', got {original!r}")
         ratio = float(item)
         if not math.isfinite(ratio) or not 0.0 < ratio <= 1.0:
