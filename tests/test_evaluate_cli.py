@@ -540,3 +540,5 @@ def test_sweep_refuses_a_directory_of_other_files(tiny_model_dir, glue_dir, tmp_
     assert _sweep(tiny_model_dir, glue_dir, mine, "--keeps", "0.5") == 2
     assert "--overwrite" in _one_line_error(capsys)
     assert [p.name for p in mine.iterdir()] == ["notes.json"]
+    assert _sweep(tiny_model_dir, glue_dir, mine, "--keeps", "0.5", "--overwrite") == 0
+    assert (mine / "notes.json").read_text() == "{}" and (mine / "summary.json").is_file()
