@@ -194,7 +194,10 @@ def _provenance(config: EvalConfig, model: torch.nn.Module, device: torch.device
     from sttabt.models import resolve_model_path
     from sttabt.provenance import run_provenance
 
-    model_path = resolve_model_path(config.model)
+    try:
+        model_path = resolve_model_path(config.model)
+    except SttabtError:  # an in-memory model passed by the caller, labelled with a name that is no path
+        model_path = config.model
     if Path(model_path).exists():
         model_path = str(Path(model_path).resolve())
     return {
