@@ -45,9 +45,9 @@ class LayerView:
 
     def chunk(self, samples: slice) -> LayerView:
         """The same layer seen for the samples ``samples`` of this view."""
-        keys = CompactIndex(self.keys.positions[samples], self.keys.valid[samples])
+        keys = self.keys.chunk(samples)
         same = self.queries is self.keys  # every key is a query: keep saying so
-        queries = keys if same else CompactIndex(self.queries.positions[samples], self.queries.valid[samples])
+        queries = keys if same else self.queries.chunk(samples)
         key_mask = self.key_mask[samples]
         query_mask = key_mask if same else self.query_mask[samples]
         return LayerView(self.layer, self.valid[samples], key_mask, query_mask, keys, queries, samples)

@@ -32,6 +32,9 @@ KeepSpec = float | Sequence[float] | Literal["dynamic"]
 #: its query ``queries.positions[b, i]``; rows where ``queries.valid`` is False are ignored.
 AttentionRows = Callable[[int, CompactIndex, slice], torch.Tensor]
 
+#: The ``samples`` an :data:`AttentionRows` source gets when the whole batch is scored at once.
+ALL_SAMPLES = slice(None)
+
 #: Default bound on the attention-row elements (b·H·m·n) scored at once: samples are taken in chunks so
 #: that the rows stay in cache instead of streaming a batch-sized tensor through memory (16 MiB in fp32).
 ROW_CHUNK_ELEMENTS = 1 << 22
@@ -212,11 +215,13 @@ def _layer_scores(
         weights = weights * step.layout.valid  # zero on padding rows
     parts = []
     for start in range(0, batch, per_chunk):
-        samples = slice(start, min(start + per_chunk, batch))
-        layout = step.layout if per_chunk >= batch else step.layout.chunk(samples)
+        whole = per_chunk >= batch
+        samples = ALL_SAMPLES if whole else slice(start, min(start + per_chunk, batch))
+        layout = step.layout if whole else step.layout.chunk(samples)
         attention = rows(layer, layout, samples)
         _check_rows(attention, layer, layout.positions.shape[0], layout.positions.shape[1], length)
-        score = reduce_rows(attention, weights[samples], layout.valid, *reductions, _rows_of(layout))
+        part_weights = weights if whole else weights[samples]
+        score = reduce_rows(attention, part_weights, layout.valid, *reductions, _rows_of(layout))
         if score.shape[1] < length:  # keys past the source's width get nothing
             score = torch.nn.functional.pad(score, (0, length - score.shape[1]))
         parts.append(score)

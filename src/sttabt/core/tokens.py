@@ -43,8 +43,9 @@ class CompactIndex:
     def chunk(self, samples: slice) -> CompactIndex:
         """The layouts of the samples ``samples`` (still padded to this batch's width)."""
         part = CompactIndex(self.positions[samples], self.valid[samples])
-        if self.__dict__.get("full"):
-            part.__dict__["full"] = True  # a slice of an unpadded index is unpadded
+        for flag in ("full", "prefix"):  # known for the whole batch: true of any part of it too
+            if self.__dict__.get(flag):
+                part.__dict__[flag] = True
         return part
 
     @cached_property

@@ -21,6 +21,7 @@ import torch
 
 from sttabt.adapters.base import EncoderAdapter
 from sttabt.core.backtrack import (
+    ALL_SAMPLES,
     AttentionRows,
     BacktrackResult,
     backtrack_cost,
@@ -70,17 +71,13 @@ def rows_on_demand(records: list[QueryKeys], scales: list[float], length: int) -
 
     def rows(layer: int, needed: CompactIndex, samples: slice) -> torch.Tensor:
         view, q, k = records[layer]
-        rel = needed.positions
-        if not view.queries.prefix:
-            rel = relative_index(view.query_mask[samples], needed)
-        key_valid = view.keys.valid[samples]
+        if samples != ALL_SAMPLES:
+            view, q, k = view.chunk(samples), q[samples], k[samples]
+        rel = needed.positions if view.queries.prefix else relative_index(view.query_mask, needed)
         with torch.autocast(q.device.type, enabled=False):
-            picked, keys = _float(gather_head_rows(q[samples], rel)), _float(k[samples])
-            # Whole-batch flags hold for every chunk (no padding in the batch: none in a chunk).
-            probs = attention_probs(picked, keys, key_valid, scales[layer], view.keys.full or None)
-        if view.keys.prefix:
-            return probs
-        return _at_key_positions(probs, view.keys.chunk(samples), length)
+            picked, keys = _float(gather_head_rows(q, rel)), _float(k)
+            probs = attention_probs(picked, keys, view.keys.valid, scales[layer], view.keys.full)
+        return probs if view.keys.prefix else _at_key_positions(probs, view.keys, length)
 
     return rows
 
