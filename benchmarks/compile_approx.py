@@ -3,7 +3,8 @@
 Times a random-init factor-4 ApproxNet of the MiniLM-L6 shape (6 x 96, 12 heads, FFN 384: what ABT runs
 once per batch at full length) eagerly and compiled (inductor, ``dynamic=False``), at batch 1 and the given
 lengths, and the cost of the first compiled call. Also times the attention kernel alone (12 heads, head
-dim 8): SDPA against a compiled explicit softmax attention. Every new input shape recompiles.
+dim 8): SDPA against a compiled explicit softmax attention, and SDPA at the teacher's head dim 32 (the cost
+of softmax attention is set by H·n², not by the head dim). Every new input shape recompiles.
 
 Usage: ``python benchmarks/compile_approx.py [--lengths 64,128,512] [--threads 1] [--output FILE]``.
 """
@@ -56,6 +57,8 @@ def measure_length(model: torch.nn.Module, length: int) -> dict[str, float]:
         row["compile_first_call_s"] = first_call_s(lambda: compiled(**batch))
         row["compiled_ms"] = median_ms(lambda: compiled(**batch).logits)
         row["sdpa_ms"] = median_ms(lambda: F.scaled_dot_product_attention(q, k, v))
+        wide = [torch.randn(1, 12, length, 32) for _ in range(3)]  # the teacher's own head dim (MiniLM)
+        row["sdpa_head_dim_32_ms"] = median_ms(lambda: F.scaled_dot_product_attention(*wide))
         row["attention_compile_first_call_s"] = first_call_s(lambda: attention(q, k, v))
         row["compiled_explicit_attention_ms"] = median_ms(lambda: attention(q, k, v))
     return row
