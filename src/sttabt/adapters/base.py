@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from sttabt.core.flops import EncoderShape
+from sttabt.errors import SttabtError
 
 
 class EncoderAdapter(ABC):
@@ -53,6 +54,14 @@ class EncoderAdapter(ABC):
     @abstractmethod
     def finish(self, layer: int, context: torch.Tensor, query_hidden: torch.Tensor) -> torch.Tensor:
         """Layer output ``(B, n_q, d)`` from the merged attention context ``(B, n_q, d)``."""
+
+    def finish_masked(
+        self, layer: int, context: torch.Tensor, query_hidden: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`finish` with the outputs of the attention-output projection and both FFN linears
+        multiplied by ``mask (B, n_q)``, residuals untouched: the masked formulation of concrete masking
+        (METHODS.md §1.4), which soft training needs (physical removal cannot express soft masks)."""
+        raise SttabtError(f"{type(self).__name__} does not support masked layers (concrete masking training)")
 
     @abstractmethod
     def head(self, readout_hidden: torch.Tensor) -> torch.Tensor:

@@ -94,6 +94,25 @@ class HFTextClassifierAdapter(EncoderAdapter):
         attention_output = block.attention.output(context, query_hidden)
         return block.output(block.intermediate(attention_output), attention_output)
 
+    def finish_masked(
+        self, layer: int, context: torch.Tensor, query_hidden: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`finish` with each linear's output (``attention.output.dense``, ``intermediate.dense``,
+        ``output.dense``) multiplied by ``mask (B, n_q)``; residuals and LayerNorms as the model has them.
+
+        The model's own submodule forwards run unchanged: the mask is applied by forward hooks that live
+        for this call only (so two threads must not run masked layers of one model at once).
+        """
+        block = self.layers[layer]
+        scale = mask.unsqueeze(-1)
+        linears = (block.attention.output.dense, block.intermediate.dense, block.output.dense)
+        handles = [linear.register_forward_hook(_scale_output(scale)) for linear in linears]
+        try:
+            return self.finish(layer, context, query_hidden)
+        finally:
+            for handle in handles:
+                handle.remove()
+
     # -- head ---------------------------------------------------------------------------------------------
     def head(self, readout_hidden: torch.Tensor) -> torch.Tensor:
         if self.head_style == "pooler":
@@ -102,7 +121,15 @@ class HFTextClassifierAdapter(EncoderAdapter):
         return self.model.classifier(readout_hidden)
 
 
+def _scale_output(scale: torch.Tensor):
+    """A forward hook that multiplies a module's output by ``scale``."""
+
+    def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        return output * scale.to(output.dtype)
+
+    return hook
+
+
 def _embedding_projection_macs(base: nn.Module) -> int:
     project = getattr(base, "embeddings_project", None)
     return int(project.in_features * project.out_features) if isinstance(project, nn.Linear) else 0
-
