@@ -11,5 +11,6 @@ from sttabt.methods import dense as _dense  # noqa: E402,F401  isort: skip
 from sttabt.methods import topk as _topk  # noqa: E402,F401  isort: skip
 from sttabt.methods import abt as _abt  # noqa: E402,F401  isort: skip
 from sttabt.methods import concrete as _concrete  # noqa: E402,F401  isort: skip
+from sttabt.methods import ltp as _ltp  # noqa: E402,F401  isort: skip
 
 __all__ = ["METHODS", "MethodOptions", "build_selector", "method_names", "register_method"]
