@@ -191,3 +191,15 @@ def test_state_round_trip_and_bad_input(helpers):
     assert isinstance(untrained, LTPSelector) and untrained.thresholds == pytest.approx(
         [0, 0.0025, 0.005, 0.0075]
     )
+
+
+def test_state_saves_and_loads(tmp_path):
+    state = LTPState(4, LTPConfig(theta_final=0.02, lambda_=0.05, temperature=1e-3))
+    with torch.no_grad():
+        state.delta.copy_(torch.tensor([0.0, 0.004, -0.001, 0.002]))
+    state.save(tmp_path)
+    again = LTPState.load(tmp_path, 4)
+    assert again.config == state.config
+    torch.testing.assert_close(again.thresholds(), state.thresholds())
+    with pytest.raises(SttabtError, match="shape \\(4,\\), but the model has 6 layers"):
+        LTPState.load(tmp_path, 6)
