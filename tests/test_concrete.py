@@ -370,3 +370,29 @@ def test_state_saves_and_loads_with_one_line_errors(tmp_path):
         ConcreteState.load(tmp_path, 3)
     with pytest.raises(SttabtError, match="no method_state.json"):
         ConcreteState.load(tmp_path / "elsewhere", 3)
+
+
+TEXTS = [
+    "a gorgeous, witty, seductive movie that never loses its nerve or its sense of humour.",
+    "it's slow -- very, very slow.",
+    "the acting is fine, but the plot wanders off somewhere around the second act and never returns.",
+    "dull.",
+]
+
+
+def test_masked_hard_concrete_equals_the_gathered_run_on_minilm(minilm):
+    """The pretrained MiniLM (real, peaky attention), padded sentences: masked ≡ physically removed."""
+    from sttabt.approxnet import ApproxNet
+
+    model, tokenizer = minilm
+    adapter = HFTextClassifierAdapter(model)
+    torch.manual_seed(0)
+    approx = ApproxNet.from_teacher(model, 4, init="interpolate", fingerprint="test")
+    batch = dict(tokenizer(TEXTS, padding=True, return_tensors="pt"))
+    p_logits = torch.tensor([0.5, 0.0, -0.5, -1.0, -1.0, -1.5])
+    with torch.no_grad():
+        physical = SparseEncoder(adapter)(batch, _selector(adapter, approx, p_logits))
+        masks = predict_masks(SparseEncoder(approx.adapter), batch, p_logits)
+        masked = masked_forward(adapter, batch, [core.binarize(m) for m in masks.masks])
+    torch.testing.assert_close(masked, physical.logits, atol=ATOL, rtol=0)
+    assert 0.2 < float(physical.retention().mean()) < 0.95

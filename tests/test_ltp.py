@@ -203,3 +203,25 @@ def test_state_saves_and_loads(tmp_path):
     torch.testing.assert_close(again.thresholds(), state.thresholds())
     with pytest.raises(SttabtError, match="shape \\(4,\\), but the model has 6 layers"):
         LTPState.load(tmp_path, 6)
+
+
+def test_physical_removal_equals_the_masked_hard_rule_on_minilm(minilm):
+    """The pretrained MiniLM with the untrained thresholds θ_final·l/L at the reference length 128."""
+    model, tokenizer = minilm
+    adapter = HFTextClassifierAdapter(model)
+    texts = [
+        "a gorgeous, witty, seductive movie that never loses its nerve or its sense of humour.",
+        "it's slow -- very, very slow.",
+        "the acting is fine, but the plot wanders off somewhere around the second act and never returns.",
+    ]
+    batch = dict(tokenizer(texts, padding=True, return_tensors="pt"))
+    thresholds = core.base_thresholds(6)
+    with torch.no_grad():
+        out = SparseEncoder(adapter)(
+            batch, build_selector("ltp", adapter, MethodOptions(extra={"thresholds": thresholds}))
+        )
+        masked = ltp_masked_forward(adapter, batch, thresholds, hard=True)
+    torch.testing.assert_close(out.logits, masked.logits, atol=ATOL, rtol=0)
+    for layer in range(5):
+        assert torch.equal(out.key_sets[layer + 1], masked.kept[layer])
+    assert 0.2 < float(out.retention().mean()) < 0.95
