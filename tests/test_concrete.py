@@ -396,3 +396,22 @@ def test_masked_hard_concrete_equals_the_gathered_run_on_minilm(minilm):
         masked = masked_forward(adapter, batch, [core.binarize(m) for m in masks.masks])
     torch.testing.assert_close(masked, physical.logits, atol=ATOL, rtol=0)
     assert 0.2 < float(physical.retention().mean()) < 0.95
+
+
+def test_selector_and_masked_forward_compose_with_bf16_autocast(model, approx):
+    """Under bf16 autocast the logits are computed in float32 from bf16 q/k: the sets barely move."""
+    from sttabt.utils import inference
+
+    adapter = HFTextClassifierAdapter(model)
+    batch = _batch([13, 4, 8], total=15, seed=9)
+    with torch.no_grad():
+        fp32 = SparseEncoder(adapter)(batch, _selector(adapter, approx))
+    with inference(torch.device("cpu"), "bf16"):
+        out = SparseEncoder(adapter)(batch, _selector(adapter, approx))
+        masks = predict_masks(SparseEncoder(approx.adapter), batch, P_LOGITS)
+        masked = masked_forward(adapter, batch, [core.binarize(m) for m in masks.masks])
+    assert all(m.dtype == torch.float32 for m in masks.masks)
+    kept = sum(int(s.sum()) for s in fp32.key_sets[:-1])
+    shared = sum(int((a & b).sum()) for a, b in zip(fp32.key_sets[:-1], out.key_sets[:-1], strict=True))
+    assert shared >= 0.9 * kept
+    assert torch.isfinite(masked.float()).all() and (masked.float() - out.logits.float()).abs().max() < 0.1
