@@ -415,3 +415,12 @@ def test_selector_and_masked_forward_compose_with_bf16_autocast(model, approx):
     shared = sum(int((a & b).sum()) for a, b in zip(fp32.key_sets[:-1], out.key_sets[:-1], strict=True))
     assert shared >= 0.9 * kept
     assert torch.isfinite(masked.float()).all() and (masked.float() - out.logits.float()).abs().max() < 0.1
+
+
+def test_hard_phase_is_the_last_fraction_of_the_steps():
+    from sttabt.methods.concrete import uses_hard_masks
+
+    assert [uses_hard_masks(step, 10, 0.2) for step in range(10)] == [False] * 8 + [True] * 2
+    assert not any(uses_hard_masks(step, 7, 0.0) for step in range(7))
+    assert all(uses_hard_masks(step, 7, 1.0) for step in range(7))
+    assert sum(uses_hard_masks(step, 101, 0.2) for step in range(101)) == 20

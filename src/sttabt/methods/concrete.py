@@ -285,6 +285,13 @@ def concrete_forward(
     return ConcreteRun(masked_forward(adapter, batch, used), masks)
 
 
+def uses_hard_masks(step: int, total_steps: int, hard_fraction: float) -> bool:
+    """Whether optimisation step ``step`` (0-based) of ``total_steps`` trains with hard masks: the last
+    ``hard_fraction`` of the steps (the reference switches per epoch, from epoch 0.8·(E-1) on, which is
+    "roughly the last 20 %" only for many epochs; per step the fraction holds for any length)."""
+    return step >= total_steps - round(hard_fraction * total_steps)
+
+
 # -- the registered method --------------------------------------------------------------------------------
 def _p_logits(options: MethodOptions, num_layers: int) -> torch.Tensor:
     """Trained ``p_logits`` from ``extra["method_state"]`` (a loaded checkpoint), ``extra["p_logits"]``, or
