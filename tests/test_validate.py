@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 import pytest
 
@@ -96,18 +97,20 @@ def test_output_file(tmp_path):
         validate.output_file(tmp_path / "afile" / "r.json", "--output")
 
 
-def test_output_file_refuses_an_unwritable_folder(tmp_path):
+def test_output_file_refuses_an_unwritable_folder(tmp_path, monkeypatch):
+    """Permissions as the OS reports them (as root every folder is writable, so the answer is faked)."""
     locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
-    try:
-        import os
+    locked.mkdir()
+    real_access = validate.os.access
+    def access(path, mode):
+        return Path(path) != locked and real_access(path, mode)
 
-        if os.access(locked, os.W_OK):  # running as root
-            pytest.skip("root can write anywhere")
-        with pytest.raises(SttabtError, match="not writable"):
-            validate.output_file(locked / "r.json", "--output")
-    finally:
-        locked.chmod(0o700)
+    monkeypatch.setattr(validate.os, "access", access)
+    with pytest.raises(SttabtError, match="not writable"):
+        validate.output_file(locked / "r.json", "--output")
+    with pytest.raises(SttabtError, match="not writable"):
+        validate.output_file(locked / "new" / "r.json", "--output")  # the nearest existing folder counts
+    assert validate.output_file(tmp_path / "r.json", "--output")
 
 
 def test_output_dir(tmp_path):
