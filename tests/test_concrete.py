@@ -424,3 +424,22 @@ def test_hard_phase_is_the_last_fraction_of_the_steps():
     assert not any(uses_hard_masks(step, 7, 0.0) for step in range(7))
     assert all(uses_hard_masks(step, 7, 1.0) for step in range(7))
     assert sum(uses_hard_masks(step, 101, 0.2) for step in range(101)) == 20
+
+
+def test_the_retention_term_steers_the_p_logits_towards_the_target():
+    """Optimising the regulariser alone (λ_p = 0) moves ρ̄ to σ(p_init) from a start far above it."""
+    logits, valid = _random_logits([12, 9, 7, 11], heads=2, layers=3, seed=11)
+    state = ConcreteState(3, ConcreteConfig(p_init=-1.5, lambda_p=0.0, lambda_r=1.0))
+    with torch.no_grad():
+        state.p_logits.fill_(1.0)  # keeps most tokens: ρ̄ well above σ(-1.5) = 0.18
+    optimizer = torch.optim.Adam([state.p_logits], lr=0.1)
+    gaps = []
+    for _ in range(100):
+        masks = core.concrete_masks(logits, valid, state.p_logits, heads=2)
+        gaps.append(abs(float(masks.retention().detach()) - 1 / (1 + math.exp(1.5))))
+        optimizer.zero_grad()
+        state.regularizer(masks).backward()
+        optimizer.step()
+    assert gaps[0] > 0.3 and gaps[-1] < 0.1 * gaps[0]
+    # ρ̄ reads the output masks M_1..M_L: p_logit_0 only gates layer 0's keys, so this term leaves it.
+    assert float(state.p_logits.detach()[0]) == 1.0 and bool((state.p_logits[1:] < 0).all())

@@ -80,7 +80,7 @@ def scoring_flops(num_heads: int, counts: torch.Tensor, layers: Sequence[int]) -
     """Per-sample element-wise FLOPs of the scores in ``layers`` from the run's counts ``(B, L, 3)``:
     head sum and weighted row sum over n_q × n_k, then one comparison per key."""
     if not layers:
-        return torch.zeros(counts.shape[0], dtype=torch.float64)
+        return torch.zeros(counts.shape[0], dtype=torch.float64, device=counts.device)
     picked = counts[:, list(layers)].double()
     n_k, n_q = picked[..., 0], picked[..., 1]
     return (num_heads * n_q * n_k + n_q * n_k + n_k).sum(dim=1)

@@ -213,9 +213,10 @@ class ConcreteSelector(TokenSelector):
         return self._overhead
 
     def _cost(self, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sample MACs and element-wise FLOPs: the ApproxNet pass, every logit row, the masks."""
+        """Per-sample MACs and element-wise FLOPs: the ApproxNet pass, every logit row, the masks.
+
+        On the device of the run's counts, with which :attr:`SparseOutput.cost` adds them up."""
         shape = self.predictor.adapter.shape
-        real = real.cpu()
         rows = real.view(-1, 1).repeat(1, shape.num_layers)
         rows[:, -1] = 1  # the top layer reads the CLS row only
         macs = (rows * real.unsqueeze(1)).sum(dim=1).double() * shape.hidden_size
