@@ -38,7 +38,7 @@ rounds() {
     bert-base_b1_s64) echo "3 15" ;;
     bert-base_b1_s128) echo "3 12" ;;
     bert-base_b1_s512) echo "2 6" ;;
-    bert-base_b32_s128) echo "1 3" ;;
+    bert-base_b32_s128) echo "1 2" ;;
     bert-base_b32_s512) echo "1 2" ;;
     *) echo "1 3" ;;
   esac
@@ -67,7 +67,12 @@ for threads in $THREADS_LIST; do
       for keep in 0.3 0.5; do bench "$model" 1 64 "$keep" "$dtype" "$threads"; done
       for batch in 1 32; do
         for seq in 128 512; do
-          for keep in 0.3 0.1; do bench "$model" "$batch" "$seq" "$keep" "$dtype" "$threads"; done
+          for keep in 0.3 0.1; do
+            # With random weights BERT-base keeps every token at k = 0.3 (ideal 1.2: dense plus the
+            # ApproxNet), and its batch 32 x 512 runs take minutes: k = 0.1 only there.
+            if [ "${model}_${batch}_${seq}_${keep}" = "bert-base_32_512_0.3" ]; then continue; fi
+            bench "$model" "$batch" "$seq" "$keep" "$dtype" "$threads"
+          done
         done
       done
     done

@@ -145,13 +145,13 @@ class BacktrackSelector(TokenSelector):
 
     def _cost(self, real: torch.Tensor, result: BacktrackResult) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample MACs and element-wise FLOPs: the predictor's pass, the rows' scores, the ranking."""
-        shape = self.predictor.adapter.shape
+        shape, device = self.predictor.adapter.shape, real.device
         real = real.cpu()
         macs, flops = backtrack_cost(shape.num_heads, shape.hidden_size, real, result.query_counts().cpu())
         if self.count_predictor:
             cost = predictor_cost(shape, real)
             macs, flops = macs + cost.macs, flops + cost.flops - 2 * cost.macs
-        return macs, flops
+        return macs.to(device), flops.to(device)  # beside the run's own counts
 
     def plan(self) -> TokenPlan:
         return TokenPlan(self.result.key_sets, self.result.layouts)
