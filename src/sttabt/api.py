@@ -17,7 +17,13 @@ backbone from it, and:
 * ``sttabt_config.json``: :class:`PrunedConfig` (format version, method, options, what state is saved);
 * ``approxnet/``: the ApproxNet of ``abt``, in its own format (:meth:`ApproxNet.save`);
 * ``sttabt_state.safetensors``: the method's own tensors (``method_state``), for learned methods
-  (per-layer ``p_logit``\\s, thresholds); listed with their shapes in the config and checked on load.
+  (per-layer ``p_logit``\\s, thresholds); listed with their shapes in the config and checked on load,
+  beside the settings they were trained with (``method_config``: the concrete gate temperature, LTP's
+  score length, ...). The state belongs to the saved method: another learned method is refused.
+
+A model loaded from such a directory (``load_text_classifier(DIR)``, as ``sttabt evaluate`` and
+``sttabt bench`` do) brings its learned state along: the ``concrete`` and ``ltp`` factories read it from
+the model's own directory (:func:`saved_method_extra`) when the caller passes none.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ APPROX_DIR = "approxnet"
 STATE_NAME = "sttabt_state.safetensors"
 #: The method settings that are plain, validated attributes of a :class:`PrunedClassifier`.
 OPTION_NAMES = ("method", "keep", "schedule", "p", "head_reduction", "token_reduction")
+#: Methods whose state is learned (``sttabt train``): a state trained for one is refused by the other.
+LEARNED_METHODS = ("concrete", "ltp")
 _DEFAULTS = {"schedule": "constant", "p": 0.1, "head_reduction": "mean", "token_reduction": "mean"}
 _CHOICES = {"schedule": ("constant", "reference"), "head_reduction": ("mean", "max"),
             "token_reduction": ("mean", "max")}  # fmt: skip
@@ -62,6 +70,7 @@ class PrunedConfig:
     token_reduction: str = "mean"
     approxnet: str | None = None  # subfolder of the ApproxNet, when the method uses one
     state: dict[str, list[int]] = field(default_factory=dict)  # method-state tensor name -> shape
+    method_config: dict[str, Any] = field(default_factory=dict)  # the settings the state was trained with
     format_version: int = FORMAT_VERSION
 
     @classmethod
@@ -95,7 +104,9 @@ class PrunedClassifier(nn.Module):
     attributes that may change between calls; each change is validated at once. ``approx`` (a directory
     or a loaded :class:`~sttabt.approxnet.ApproxNet`, checked against ``model``) becomes the submodule
     ``approx``, so ``.to()``, ``.eval()`` and ``state_dict()`` cover the backbone and the ApproxNet.
-    ``method_state`` holds a learned method's own tensors (saved in ``sttabt_state.safetensors``).
+    ``method_state`` holds a learned method's own tensors (saved in ``sttabt_state.safetensors``),
+    ``method_config`` the settings they were trained with, and ``state_method`` the method they belong
+    to (set by :meth:`from_pretrained` and ``sttabt train``; another learned method is then refused).
     """
 
     def __init__(
@@ -117,6 +128,8 @@ class PrunedClassifier(nn.Module):
         self.runner = SparseEncoder(self.adapter)
         self.approx = _load_approx(approx, model)
         self.method_state = nn.ParameterDict()
+        self.method_config: dict[str, Any] = {}
+        self.state_method: str | None = None
         settings = {**_DEFAULTS, "method": method, "keep": keep, **options}
         checked = {
             name: _check_option(name, settings[name], self.adapter.num_layers) for name in OPTION_NAMES
@@ -136,6 +149,11 @@ class PrunedClassifier(nn.Module):
         return {name: getattr(self, name) for name in OPTION_NAMES}
 
     def selector(self):
+        extra: dict[str, Any] = {"approxnet": self.approx} if self.approx is not None else {}
+        if self.method_state:
+            _check_state_method(self.state_method, self.method, "this PrunedClassifier")
+            extra["method_state"] = {name: tensor.detach() for name, tensor in self.method_state.items()}
+            extra["method_config"] = dict(self.method_config)
         options = MethodOptions(
             keep=self.keep,
             schedule=self.schedule,
@@ -143,7 +161,7 @@ class PrunedClassifier(nn.Module):
             head_reduction=self.head_reduction,
             token_reduction=self.token_reduction,
             approx="<loaded>" if self.approx is not None else None,
-            extra={"approxnet": self.approx} if self.approx is not None else {},
+            extra=extra,
         )
         return build_selector(self.method, self.adapter, options)
 
@@ -166,25 +184,32 @@ class PrunedClassifier(nn.Module):
         directory = Path(directory)
         if directory.exists() and not directory.is_dir():
             raise SttabtError(f"{directory} is a file, not a directory")
+        with atomic_directory(directory) as tmp:
+            self.write_into(tmp, tokenizer)
+        return directory
+
+    def write_into(self, directory: str | Path, tokenizer: Any = None) -> None:
+        """Write the files of :meth:`save_pretrained` into an existing, empty directory (callers that add
+        files of their own, like ``sttabt train``, make it atomic)."""
+        directory = Path(directory)
         config = PrunedConfig(**self.options())
         config.state = {name: list(t.shape) for name, t in self.method_state.items()}
-        with atomic_directory(directory) as tmp:
-            self.model.save_pretrained(tmp)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(tmp)
-            if self.approx is not None:
-                config.approxnet = APPROX_DIR
-                (tmp / APPROX_DIR).mkdir()
-                self.approx.write_into(tmp / APPROX_DIR)
-            if self.method_state:
-                from safetensors.torch import save_file
+        config.method_config = dict(self.method_config) if self.method_state else {}
+        self.model.save_pretrained(directory)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(directory)
+        if self.approx is not None:
+            config.approxnet = APPROX_DIR
+            (directory / APPROX_DIR).mkdir()
+            self.approx.write_into(directory / APPROX_DIR)
+        if self.method_state:
+            from safetensors.torch import save_file
 
-                tensors = {k: v.detach().cpu().contiguous() for k, v in self.method_state.items()}
-                save_file(tensors, str(tmp / STATE_NAME))
-            atomic_write_json(
-                tmp / CONFIG_NAME, {"format_version": FORMAT_VERSION, **_without_version(config)}
-            )
-        return directory
+            tensors = {k: v.detach().cpu().contiguous() for k, v in self.method_state.items()}
+            save_file(tensors, str(directory / STATE_NAME))
+        atomic_write_json(
+            directory / CONFIG_NAME, {"format_version": FORMAT_VERSION, **_without_version(config)}
+        )
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **overrides: Any) -> PrunedClassifier:
@@ -199,15 +224,53 @@ class PrunedClassifier(nn.Module):
                 f"{directory}: the method state {config.approxnet}/ listed in {CONFIG_NAME} is missing"
             )
         state = _read_state(directory, config)
-        model = _load_backbone(directory)
         options = {name: getattr(config, name) for name in OPTION_NAMES}
+        if state:
+            _check_state_method(config.method, overrides.get("method", config.method), str(directory))
+        model = _load_backbone(directory)
         pruned = cls(model, approx=str(approx_dir) if approx_dir else None, **{**options, **overrides})
         for name, tensor in state.items():
             pruned.method_state[name] = nn.Parameter(tensor, requires_grad=False)
+        if state:
+            pruned.method_config, pruned.state_method = dict(config.method_config), config.method
         return pruned.eval()
 
     def extra_repr(self) -> str:
         return ", ".join(f"{name}={getattr(self, name)!r}" for name in OPTION_NAMES)
+
+
+def _check_state_method(trained: str | None, method: str, where: str) -> None:
+    """A learned state only serves the method it was trained for; training-free methods ignore it."""
+    if trained is None or method == trained or method not in LEARNED_METHODS:
+        return
+    raise SttabtError(
+        f"{where} was trained with method {trained!r}; it cannot run method {method!r} "
+        f"(train it with `sttabt train --method {method}`)"
+    )
+
+
+def saved_method_extra(model: nn.Module, method: str, *, approx: bool = True) -> dict[str, Any]:
+    """The learned state of ``method`` saved with ``model``'s own directory (``model.name_or_path``), as
+    the ``extra`` of :class:`MethodOptions`: ``approxnet``, ``method_state``, ``method_config``.
+
+    Empty when that directory is not a saved :class:`PrunedClassifier`; a directory saved for another
+    method, or whose state is missing or does not fit, is a one-line error. ``approx=False`` leaves the
+    saved ApproxNet out (the caller brings its own).
+    """
+    from sttabt.approxnet import ApproxNet
+
+    directory = Path(str(getattr(model, "name_or_path", "") or ""))
+    if not str(directory) or not (directory / CONFIG_NAME).is_file():
+        return {}
+    config = PrunedConfig.read(directory)
+    state = _read_state(directory, config)
+    if not state:
+        raise SttabtError(f"{directory} holds no learned method state for method {method!r}")
+    _check_state_method(config.method, method, str(directory))
+    extra: dict[str, Any] = {"method_state": state, "method_config": dict(config.method_config)}
+    if approx and config.approxnet:
+        extra["approxnet"] = ApproxNet.load(directory / config.approxnet, teacher=model)
+    return extra
 
 
 def _load_backbone(directory: Path) -> nn.Module:

@@ -14,7 +14,7 @@ import sys
 
 from sttabt.errors import SttabtError
 
-COMMANDS = ["finetune", "distill", "evaluate", "sweep", "bench"]
+COMMANDS = ["finetune", "distill", "train", "evaluate", "sweep", "bench"]
 
 
 class OneLineParser(argparse.ArgumentParser):

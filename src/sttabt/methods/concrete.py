@@ -33,7 +33,7 @@ from sttabt.core.tokens import compact
 from sttabt.errors import SttabtError
 from sttabt.methods.abt import QueryKeyRecorder, QueryKeys, predictor_cost
 from sttabt.methods.registry import MethodOptions, register_method
-from sttabt.methods.state import config_from, read_state, write_state
+from sttabt.methods.state import config_from, read_state, with_saved_state, write_state
 from sttabt.runtime import SparseEncoder, TokenPlan, TokenSelector, attention_probs
 
 #: Additive logit on padded keys (the reference's mask value, as in the ApproxNet's traced scores).
@@ -294,10 +294,13 @@ def uses_hard_masks(step: int, total_steps: int, hard_fraction: float) -> bool:
 
 
 # -- the registered method --------------------------------------------------------------------------------
-def _p_logits(options: MethodOptions, num_layers: int) -> torch.Tensor:
+#: The ``extra`` entries that give the ``p_logit``\\s (else they come from the model's saved directory).
+STATE_SOURCES = ("method_state", "p_logits", "p_init")
+
+
+def _p_logits(extra: Mapping[str, Any], num_layers: int) -> torch.Tensor:
     """Trained ``p_logits`` from ``extra["method_state"]`` (a loaded checkpoint), ``extra["p_logits"]``, or
     an untrained constant ``extra["p_init"]``."""
-    extra = options.extra
     if extra.get("method_state"):
         return checked_p_logits(extra["method_state"], num_layers)
     if extra.get("p_logits") is not None:
@@ -316,11 +319,17 @@ def _p_logits(options: MethodOptions, num_layers: int) -> torch.Tensor:
 def build_concrete(adapter: EncoderAdapter, options: MethodOptions) -> TokenSelector:
     from sttabt.approxnet import ApproxNet
 
-    approx = options.extra.get("approxnet")
+    extra = with_saved_state(
+        options.extra, adapter.model, "concrete", STATE_SOURCES, approx=not options.approx
+    )
+    approx = extra.get("approxnet")
     if approx is None:
         if not options.approx:
             raise SttabtError("method 'concrete' needs its ApproxNet (saved with the trained model)")
         approx = ApproxNet.load(options.approx, teacher=adapter.model)
-    p_logits = _p_logits(options, adapter.num_layers)
+    p_logits = _p_logits(extra, adapter.num_layers)
+    temperature = (extra.get("method_config") or {}).get("temperature", core.TEMPERATURE)
     approx = approx.to(adapter.device).eval()
-    return ConcreteSelector(SparseEncoder(approx.adapter), p_logits, adapter.num_layers, p=options.p)
+    return ConcreteSelector(
+        SparseEncoder(approx.adapter), p_logits, adapter.num_layers, p=options.p, temperature=temperature
+    )

@@ -28,7 +28,7 @@ from sttabt.core import ltp as core
 from sttabt.core.tokens import RowSelection, compact
 from sttabt.errors import SttabtError
 from sttabt.methods.registry import MethodOptions, register_method
-from sttabt.methods.state import config_from, read_state, write_state
+from sttabt.methods.state import config_from, read_state, with_saved_state, write_state
 from sttabt.runtime import LayerView, TokenSelector, attention_probs
 
 #: The name of the threshold tensor in a saved method state.
@@ -212,10 +212,13 @@ def ltp_masked_forward(
 
 
 # -- the registered method --------------------------------------------------------------------------------
-def _thresholds(options: MethodOptions, num_layers: int) -> torch.Tensor:
+#: The ``extra`` entries that give the thresholds (else they come from the model's saved directory).
+STATE_SOURCES = ("method_state", "thresholds", "theta_final")
+
+
+def _thresholds(extra: Mapping[str, Any], num_layers: int) -> torch.Tensor:
     """Trained thresholds from ``extra["method_state"]`` or ``extra["thresholds"]``, or the untrained
     initialisation θ_final·l/L from ``extra["theta_final"]``."""
-    extra = options.extra
     if extra.get("method_state"):
         return checked_thresholds(extra["method_state"], num_layers)
     if extra.get("thresholds") is not None:
@@ -230,6 +233,8 @@ def _thresholds(options: MethodOptions, num_layers: int) -> torch.Tensor:
 
 @register_method("ltp", "Learned Token Pruning: per-layer thresholds on received attention", uses=set())
 def build_ltp(adapter: EncoderAdapter, options: MethodOptions) -> TokenSelector:
-    length = options.extra.get("score_length", core.SCORE_LENGTH)
+    extra = with_saved_state(options.extra, adapter.model, "ltp", STATE_SOURCES)
+    saved_length = (extra.get("method_config") or {}).get("score_length", core.SCORE_LENGTH)
+    length = extra.get("score_length", saved_length)
     LTPConfig(score_length=length).validate()
-    return LTPSelector(_thresholds(options, adapter.num_layers), adapter.num_heads, length)
+    return LTPSelector(_thresholds(extra, adapter.num_layers), adapter.num_heads, length)
