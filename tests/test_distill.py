@@ -443,3 +443,14 @@ def test_distill_under_torchrun_with_two_processes(workspace):
     teacher = BertForSequenceClassification.from_pretrained(workspace / "teacher")
     ApproxNet.load(workspace / "ddp", teacher=teacher)
     assert sorted(p.name for p in workspace.iterdir() if p.name.startswith(".ddp")) == []  # no debris
+
+
+def test_a_base_encoder_without_a_head_can_be_the_general_teacher(workspace):
+    """The reference's general teacher is a plain pre-trained encoder: its (missing) head is never read."""
+    from transformers import BertModel
+
+    base = tiny_teacher(seed=8)
+    BertModel(base.config).save_pretrained(workspace / "encoder")  # no classification head at all
+    tiny_tokenizer().save_pretrained(workspace / "encoder")
+    assert _distill(workspace, "e", "--general-teacher", str(workspace / "encoder"), "--epochs", "1") == 0
+    assert (workspace / "e" / "general").is_dir()

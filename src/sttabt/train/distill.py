@@ -593,7 +593,9 @@ def _general_teacher(config: DistillConfig, teacher: _Teacher, device: torch.dev
 
     if not config.general_teacher or config.general_teacher == config.teacher:
         return teacher.model, teacher.path
-    model, _ = load_text_classifier(config.general_teacher)
+    # A base encoder (e.g. bert-base-uncased, as the reference uses) has no trained head: the general stage
+    # never reads one (no prediction loss there), so a new head is allowed and stays unused.
+    model, _ = load_text_classifier(config.general_teacher, allow_new_head=True)
     sizes = ("model_type", "num_layers", "hidden_size", "num_heads", "intermediate_size", "vocab_size")
     general_arch, task_arch = teacher_architecture(model), teacher_architecture(teacher.model)
     if any(general_arch[k] != task_arch[k] for k in sizes):
