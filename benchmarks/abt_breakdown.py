@@ -13,11 +13,11 @@ Usage: ``python benchmarks/abt_breakdown.py [--model minilm|bert-base] [--batch-
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import torch
 import torch.nn.functional as F
+from _results import command_line, emit
 from transformers import BertConfig, BertForSequenceClassification
 
 from sttabt.adapters.hf_text import HFTextClassifierAdapter
@@ -97,14 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         "model": f"random:{args.model}", "approx": "random, factor 4", "batch_size": args.batch_size,
         "seq_len": args.seq_len, "keep": args.keep, "dtype": args.dtype, "threads": args.threads,
         "device_info": device_info(torch.device("cpu")), "median_ms": medians,
-        "command": "python benchmarks/abt_breakdown.py " + " ".join(argv or sys.argv[1:]),
+        "command": command_line("abt_breakdown.py", argv),
     }  # fmt: skip
-    text = json.dumps(result, indent=1)
-    if args.output:
-        from sttabt.utils import atomic_write_text
-
-        atomic_write_text(args.output, text + "\n")
-    print(text)
+    emit(result, args.output)
     return 0
 
 

@@ -12,11 +12,11 @@ Usage: ``python benchmarks/abt_sets_agreement.py [--teacher DIR] [--approx DIR] 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
 import torch
+from _results import command_line, emit
 
 from sttabt.adapters.hf_text import HFTextClassifierAdapter
 from sttabt.approxnet import ApproxNet
@@ -110,14 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         "device_info": device_info(torch.device("cpu")),
         "rows": rows,
         "seconds": round(time.time() - start, 1),
-        "command": "python benchmarks/abt_sets_agreement.py " + " ".join(argv or sys.argv[1:]),
+        "command": command_line("abt_sets_agreement.py", argv),
     }
-    text = json.dumps(result, indent=1)
-    if args.output:
-        from sttabt.utils import atomic_write_text
-
-        atomic_write_text(args.output, text + "\n")
-    print(text)
+    emit(result, args.output)
     return 0
 
 

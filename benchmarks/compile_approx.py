@@ -12,12 +12,12 @@ Usage: ``python benchmarks/compile_approx.py [--lengths 64,128,512] [--threads 1
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
+from _results import command_line, emit
 from transformers import BertConfig, BertForSequenceClassification
 
 from sttabt.bench import device_info
@@ -82,14 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         "device_info": device_info(torch.device("cpu")),
         "torch": torch.__version__,
         "rows": rows,
-        "command": "python benchmarks/compile_approx.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command_line("compile_approx.py", argv),
     }
-    text = json.dumps(result, indent=1)
-    if args.output:
-        from sttabt.utils import atomic_write_text
-
-        atomic_write_text(args.output, text + "\n")
-    print(text)
+    emit(result, args.output)
     return 0
 
 

@@ -11,11 +11,11 @@ Usage: ``python benchmarks/count_ops.py [--seq-len 128] [--keep 0.25] [--abt-kee
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter
 
 import torch
+from _results import command_line, emit
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import BertConfig, BertForSequenceClassification
 
@@ -80,14 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         "abt_keep": args.abt_keep,
         "total_ops": {name: sum(c.values()) for name, c in counts.items()},
         "ops": {name: dict(c.most_common()) for name, c in counts.items()},
-        "command": "python benchmarks/count_ops.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command_line("count_ops.py", argv),
     }
-    text = json.dumps(result, indent=1)
-    if args.output:
-        from sttabt.utils import atomic_write_text
-
-        atomic_write_text(args.output, text + "\n")
-    print(json.dumps(result["total_ops"]))
+    emit(result, args.output, summary=result["total_ops"])
     return 0
 
 
