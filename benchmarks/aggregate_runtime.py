@@ -1,7 +1,8 @@
 """Collect ``sttabt bench`` results into ``summary.json`` and a markdown table ``summary.md``.
 
 Usage: ``python benchmarks/aggregate_runtime.py [RESULTS_DIR]`` (default ``benchmarks/results/runtime``).
-Every ``*.json`` in the folder except ``summary.json`` is read as one benchmark result.
+Every ``*.json`` in the folder except ``summary.json`` is read as one benchmark result; ``pivot.md`` is the
+compact table (speed-up and efficiency per precision and thread count) that the README quotes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sttabt.utils import atomic_write_json, atomic_write_text
 DEFAULT_DIR = Path(__file__).resolve().parent / "results" / "runtime"
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
+PIVOT_MD = "pivot.md"
 
 
 def efficiency_target(batch_size: int, method: str = "topk", seq_len: int = 512) -> float | None:
@@ -133,10 +135,41 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pivot_markdown(rows: list[dict[str, Any]]) -> str:
+    """One line per (method, model, tokens, batch, keep): speed-up (efficiency) per precision and threads.
+
+    A ``*`` marks an efficiency below its target. This is the compact table the README quotes.
+    """
+    columns = sorted({(r["dtype"], r["threads"]) for r in rows}, key=lambda c: (c[0] != "fp32", c[1]))
+    cells: dict[tuple, dict[tuple, dict[str, Any]]] = {}
+    for r in rows:
+        key = (r["method"], r["model"], r["seq_len"], r["batch_size"], _keep_label(r["keep"]))
+        cells.setdefault(key, {})[(r["dtype"], r["threads"])] = r
+    lines = [
+        "| method | model | tokens | batch | keep | ideal | "
+        + " | ".join(f"{dtype} {threads} thr." for dtype, threads in columns) + " |",
+        "|---|---|---:|---:|---:|---:|" + "---:|" * len(columns),
+    ]
+    for key in sorted(cells, key=lambda k: (k[0], k[1] != "random:minilm", k[1], k[2], k[3], k[4])):
+        found = cells[key]
+        ideal = found.get(columns[0], next(iter(found.values())))["ideal_speedup"]  # fp32's, if measured
+        entries = []
+        for column in columns:
+            r = found.get(column)
+            flag = "" if r is None or r["meets_target"] in (True, None) else "*"
+            entries.append("–" if r is None else f"{r['speedup']:.2f}× ({r['efficiency']:.2f}{flag})")
+        method, model, seq, batch, keep = key
+        lines.append(
+            f"| {method} | {model} | {seq} | {batch} | {keep} | {ideal:.2f} | " + " | ".join(entries) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def aggregate(folder: Path) -> list[dict[str, Any]]:
     rows = load_rows(folder)
     atomic_write_json(folder / SUMMARY_JSON, {"rows": rows})
     atomic_write_text(folder / SUMMARY_MD, markdown(rows))
+    atomic_write_text(folder / PIVOT_MD, pivot_markdown(rows))
     return rows
 
 
