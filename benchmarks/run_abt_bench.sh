@@ -14,17 +14,9 @@
 #   DTYPES         precisions to run (default: "fp32 bf16"; bf16 = autocast, weights stay fp32)
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
-PY="${PYTHON:-$ROOT/.venv/bin/python}"
-[ -x "$PY" ] || PY=python3
+source "$(dirname "${BASH_SOURCE[0]}")/_bench_common.sh"
 OUT="${OUT:-benchmarks/results/abt}"
-DEVICE="${DEVICE:-cpu}"
 THREADS_LIST="${THREADS_LIST:-1 2}"
-ONLY="${ONLY:-}"
-SKIP_EXISTING="${SKIP_EXISTING:-0}"
-DTYPES="${DTYPES:-fp32 bf16}"
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT"
 
 # Warm-up and timed rounds per (model, batch, seq); each round times HF dense and ABT once.
@@ -49,11 +41,7 @@ bench() {  # bench MODEL BATCH SEQ KEEP DTYPE THREADS
   local name="${model}_b${batch}_s${seq}_k${keep}_${dtype}_t${threads}"
   local warmup repeats
   read -r warmup repeats <<<"$(rounds "$model" "$batch" "$seq")"
-  if [ -n "$ONLY" ] && [[ "$name" != *"$ONLY"* ]]; then return 0; fi
-  if [ "$SKIP_EXISTING" = 1 ] && [ -f "$OUT/$name.json" ]; then
-    echo "== $name: exists, skipped"
-    return 0
-  fi
+  if skip "$name" "$OUT/$name.json"; then return 0; fi
   echo "== $name (warm-up $warmup, repeats $repeats)"
   "$PY" -m sttabt bench --model "random:$model" --method abt --approx random --keep "$keep" \
     --batch-size "$batch" --seq-len "$seq" --device "$DEVICE" --dtype "$dtype" --skip-runtime-dense \

@@ -3,20 +3,14 @@
 # method, 512 random-token inputs, batch 1 and 32, fp32 and bf16, the given thread counts.
 #
 # Environment overrides: PYTHON, OUT (default benchmarks/results/abt_models), THREADS_LIST (default "1 2"),
-# DTYPES (default "fp32 bf16"), TEACHER / APPROX (default the demo's), SKIP_EXISTING=1.
+# DTYPES (default "fp32 bf16"), DEVICE, ONLY, TEACHER / APPROX (default the demo's), SKIP_EXISTING=1.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
-PY="${PYTHON:-$ROOT/.venv/bin/python}"
-[ -x "$PY" ] || PY=python3
+source "$(dirname "${BASH_SOURCE[0]}")/_bench_common.sh"
 OUT="${OUT:-benchmarks/results/abt_models}"
 THREADS_LIST="${THREADS_LIST:-1 2}"
-DTYPES="${DTYPES:-fp32 bf16}"
 TEACHER="${TEACHER:-artifacts/demo/minilm-bbc}"
 APPROX="${APPROX:-artifacts/demo/approx-bbc-f4}"
-SKIP_EXISTING="${SKIP_EXISTING:-0}"
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 [ -d "$TEACHER" ] && [ -d "$APPROX" ] || { echo "run make demo first ($TEACHER, $APPROX)" >&2; exit 2; }
 mkdir -p "$OUT"
 
@@ -25,11 +19,12 @@ run() {  # run NAME BATCH DTYPE THREADS ARGS...
   shift 4
   local file="$OUT/bbc_${name}_b${batch}_s512_${dtype}_t${threads}.json" rounds="3 12"
   [ "$batch" = 32 ] && rounds="1 4"
-  if [ "$SKIP_EXISTING" = 1 ] && [ -f "$file" ]; then return 0; fi
+  if skip "$file" "$file"; then return 0; fi
   read -r warmup repeats <<<"$rounds"
   echo "== $file"
   "$PY" -m sttabt bench --model "$TEACHER" "$@" --batch-size "$batch" --seq-len 512 --dtype "$dtype" \
-    --threads "$threads" --warmup "$warmup" --repeats "$repeats" --skip-runtime-dense --output "$file"
+    --threads "$threads" --warmup "$warmup" --repeats "$repeats" --skip-runtime-dense --device "$DEVICE" \
+    --output "$file"
 }
 
 for threads in $THREADS_LIST; do

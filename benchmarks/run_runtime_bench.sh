@@ -14,17 +14,9 @@
 #                  without native bf16 (no avx512_bf16 / AMX) bf16 is several times slower: DTYPES=fp32)
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
-PY="${PYTHON:-$ROOT/.venv/bin/python}"
-[ -x "$PY" ] || PY=python3
+source "$(dirname "${BASH_SOURCE[0]}")/_bench_common.sh"
 OUT="${OUT:-benchmarks/results/runtime}"
-DEVICE="${DEVICE:-cpu}"
 THREADS="${THREADS:-1}"
-ONLY="${ONLY:-}"
-SKIP_EXISTING="${SKIP_EXISTING:-0}"
-DTYPES="${DTYPES:-fp32 bf16}"
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT"
 
 # Warm-up and timed rounds per (model, batch, seq): fewer rounds where one forward takes seconds.
@@ -48,11 +40,7 @@ bench() {  # bench MODEL BATCH SEQ KEEP DTYPE [WARMUP REPEATS]
   local warmup repeats
   read -r warmup repeats <<<"${6:-} ${7:-}"
   if [ -z "$warmup" ]; then read -r warmup repeats <<<"$(rounds "$model" "$batch" "$seq")"; fi
-  if [ -n "$ONLY" ] && [[ "$name" != *"$ONLY"* ]]; then return 0; fi
-  if [ "$SKIP_EXISTING" = 1 ] && [ -f "$OUT/$name.json" ]; then
-    echo "== $name: exists, skipped"
-    return 0
-  fi
+  if skip "$name" "$OUT/$name.json"; then return 0; fi
   echo "== $name (warm-up $warmup, repeats $repeats)"
   "$PY" -m sttabt bench --model "random:$model" --method topk --keep "$keep" --schedule constant \
     --batch-size "$batch" --seq-len "$seq" --device "$DEVICE" --dtype "$dtype" \
