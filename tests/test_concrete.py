@@ -336,42 +336,6 @@ def test_bad_method_state_and_config_are_refused(model, approx):
     assert isinstance(selector, ConcreteSelector) and selector.p_logits.tolist() == [-1.0] * 3
 
 
-def test_state_saves_and_loads_with_one_line_errors(tmp_path):
-    import json
-
-    from sttabt.methods.state import CONFIG_NAME, TENSORS_NAME, read_state
-
-    state = ConcreteState(3, ConcreteConfig(p_init=-1.5, lambda_r=0.01))
-    with torch.no_grad():
-        state.p_logits.copy_(torch.tensor([-1.0, -1.7, 0.4]))
-    state.save(tmp_path)
-    again = ConcreteState.load(tmp_path, 3)
-    assert again.config == state.config and torch.equal(again.p_logits, state.p_logits)
-    assert read_state(tmp_path).method == "concrete"
-    with pytest.raises(SttabtError, match="shape \\(3,\\), but the model has 4 layers"):
-        ConcreteState.load(tmp_path, 4)
-    from sttabt.methods.ltp import LTPState
-
-    with pytest.raises(SttabtError, match="state of method 'concrete', not of 'ltp'"):
-        LTPState.load(tmp_path, 3)
-    payload = json.loads((tmp_path / CONFIG_NAME).read_text())
-    for broken, message in (
-        ({**payload, "format_version": 2}, "format version 2"),
-        ({**payload, "config": {**payload["config"], "nosuch": 1}}, "do not fit"),
-        ({**payload, "config": {**payload["config"], "p_init": 50.0}}, "p_init"),
-        ({**payload, "tensors": {"p_logits": [4]}}, "lists"),
-    ):
-        (tmp_path / CONFIG_NAME).write_text(json.dumps(broken))
-        with pytest.raises(SttabtError, match=message):
-            ConcreteState.load(tmp_path, 3)
-    (tmp_path / CONFIG_NAME).write_text(json.dumps(payload))
-    (tmp_path / TENSORS_NAME).unlink()
-    with pytest.raises(SttabtError, match="missing"):
-        ConcreteState.load(tmp_path, 3)
-    with pytest.raises(SttabtError, match="no method_state.json"):
-        ConcreteState.load(tmp_path / "elsewhere", 3)
-
-
 TEXTS = [
     "a gorgeous, witty, seductive movie that never loses its nerve or its sense of humour.",
     "it's slow -- very, very slow.",

@@ -193,18 +193,6 @@ def test_state_round_trip_and_bad_input(helpers):
     )
 
 
-def test_state_saves_and_loads(tmp_path):
-    state = LTPState(4, LTPConfig(theta_final=0.02, lambda_=0.05, temperature=1e-3))
-    with torch.no_grad():
-        state.delta.copy_(torch.tensor([0.0, 0.004, -0.001, 0.002]))
-    state.save(tmp_path)
-    again = LTPState.load(tmp_path, 4)
-    assert again.config == state.config
-    torch.testing.assert_close(again.thresholds(), state.thresholds())
-    with pytest.raises(SttabtError, match="shape \\(4,\\), but the model has 6 layers"):
-        LTPState.load(tmp_path, 6)
-
-
 def test_physical_removal_equals_the_masked_hard_rule_on_minilm(minilm):
     """The pretrained MiniLM with the untrained thresholds θ_final·l/L at the reference length 128."""
     model, tokenizer = minilm

@@ -19,7 +19,6 @@ import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,7 +32,7 @@ from sttabt.core.tokens import compact
 from sttabt.errors import SttabtError
 from sttabt.methods.abt import QueryKeyRecorder, QueryKeys, predictor_cost
 from sttabt.methods.registry import MethodOptions, register_method
-from sttabt.methods.state import config_from, read_state, with_saved_state, write_state
+from sttabt.methods.state import with_saved_state
 from sttabt.runtime import SparseEncoder, TokenPlan, TokenSelector, attention_probs
 
 #: Additive logit on padded keys (the reference's mask value, as in the ApproxNet's traced scores).
@@ -103,17 +102,6 @@ class ConcreteState(nn.Module):
         with torch.no_grad():
             self.p_logits.copy_(checked_p_logits(tensors, self.p_logits.shape[0]))
         return self
-
-    def save(self, directory: str | Path) -> None:
-        """Write the settings and the ``p_logits`` into ``directory`` (:mod:`sttabt.methods.state`)."""
-        write_state(directory, "concrete", self.config.to_dict(), self.state_tensors())
-
-    @classmethod
-    def load(cls, directory: str | Path, num_layers: int) -> ConcreteState:
-        """Read a saved state for a model of ``num_layers`` layers; a mismatch is a one-line error."""
-        saved = read_state(directory, "concrete")
-        config = config_from(ConcreteConfig, saved.config, "concrete")
-        return cls(num_layers, config).load_state_tensors(saved.tensors)
 
 
 def checked_p_logits(tensors: Mapping[str, torch.Tensor], num_layers: int) -> torch.Tensor:

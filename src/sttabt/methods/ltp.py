@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,7 +27,7 @@ from sttabt.core import ltp as core
 from sttabt.core.tokens import RowSelection, compact
 from sttabt.errors import SttabtError
 from sttabt.methods.registry import MethodOptions, register_method
-from sttabt.methods.state import config_from, read_state, with_saved_state, write_state
+from sttabt.methods.state import with_saved_state
 from sttabt.runtime import LayerView, TokenSelector, attention_probs
 
 #: The name of the threshold tensor in a saved method state.
@@ -98,17 +97,6 @@ class LTPState(nn.Module):
         with torch.no_grad():
             self.delta.copy_(values.to(self.base) - self.base)
         return self
-
-    def save(self, directory: str | Path) -> None:
-        """Write the settings and the thresholds into ``directory`` (:mod:`sttabt.methods.state`)."""
-        write_state(directory, "ltp", self.config.to_dict(), self.state_tensors())
-
-    @classmethod
-    def load(cls, directory: str | Path, num_layers: int) -> LTPState:
-        """Read a saved state for a model of ``num_layers`` layers; a mismatch is a one-line error."""
-        saved = read_state(directory, "ltp")
-        config = config_from(LTPConfig, saved.config, "LTP")
-        return cls(num_layers, config).load_state_tensors(saved.tensors)
 
 
 def checked_thresholds(tensors: Mapping[str, torch.Tensor], num_layers: int) -> torch.Tensor:
