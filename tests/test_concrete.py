@@ -407,3 +407,21 @@ def test_the_retention_term_steers_the_p_logits_towards_the_target():
     assert gaps[0] > 0.3 and gaps[-1] < 0.1 * gaps[0]
     # ρ̄ reads the output masks M_1..M_L: p_logit_0 only gates layer 0's keys, so this term leaves it.
     assert float(state.p_logits.detach()[0]) == 1.0 and bool((state.p_logits[1:] < 0).all())
+
+
+@pytest.mark.parametrize("method", ["concrete", "ltp"])
+def test_saved_state_tensors_must_fit_the_model(method):
+    """A learned state that does not fit (other keys, other layer count, not finite) is one line."""
+    from sttabt.methods.concrete import checked_p_logits
+    from sttabt.methods.ltp import checked_thresholds
+
+    check, key = (checked_p_logits, "p_logits") if method == "concrete" else (checked_thresholds, "thresholds")
+    good = torch.tensor([0.1, -0.5, 0.3])
+    assert torch.equal(check({key: good}, 3), good)
+    for tensors, message in (
+        ({key: good}, "shape \\(3,\\), but the model has 4 layers"),
+        ({"other": good}, "holds exactly"),
+        ({key: torch.tensor([0.1, float("nan"), 0.3, 0.2])}, "finite"),
+    ):
+        with pytest.raises(SttabtError, match=message):
+            check(tensors, 4)
