@@ -415,7 +415,8 @@ def test_saved_state_tensors_must_fit_the_model(method):
     from sttabt.methods.concrete import checked_p_logits
     from sttabt.methods.ltp import checked_thresholds
 
-    check, key = (checked_p_logits, "p_logits") if method == "concrete" else (checked_thresholds, "thresholds")
+    concrete = method == "concrete"
+    check, key = (checked_p_logits, "p_logits") if concrete else (checked_thresholds, "thresholds")
     good = torch.tensor([0.1, -0.5, 0.3])
     assert torch.equal(check({key: good}, 3), good)
     for tensors, message in (
