@@ -534,8 +534,8 @@ def format_summary(result: dict[str, Any]) -> str:
     flops = result["flops"]
     overhead = result.get("runtime_overhead")
     lines.append(
-        ("" if overhead is None else f"  runtime overhead x{overhead:.3f} |")
-        + f"  relative FLOPs {flops['relative']:.3f} "
+        ("  " if overhead is None else f"  runtime overhead x{overhead:.3f} | ")
+        + f"relative FLOPs {flops['relative']:.3f} "
         f"| speed-up {result['speedup']:.2f}x of ideal {result['ideal_speedup']:.2f}x "
         f"-> efficiency {result['efficiency']:.2f}"
     )
