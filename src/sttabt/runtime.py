@@ -283,16 +283,14 @@ class SparseEncoder:
     ) -> SparseOutput:
         selector = selector or TokenSelector()
         adapter = self.adapter
-        if "attention_mask" not in batch or "input_ids" not in batch:
-            raise SttabtError("a batch needs input_ids and attention_mask")
-        valid = batch["attention_mask"].bool()
+        hidden = adapter.embed(batch)
+        valid = adapter.valid_mask(batch, hidden).bool()
         if valid.dim() != 2 or not bool(valid[:, 0].all()):
             raise SttabtError("every sample must have a real first token (CLS) and right padding")
         readout = torch.zeros_like(valid)
         readout[:, 0] = True
         real_lengths = valid.sum(dim=1)
 
-        hidden = adapter.embed(batch)
         selector.prepare(batch, valid)
         plan = selector.plan()
         if plan is not None:

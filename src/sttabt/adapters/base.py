@@ -35,7 +35,14 @@ class EncoderAdapter(ABC):
 
     @abstractmethod
     def embed(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Token embeddings ``(B, T, d)`` for a tokenized batch, exactly as the model computes them."""
+        """Token embeddings ``(B, T, d)`` of a batch (tokens or pixels), as the model computes them."""
+
+    def valid_mask(self, batch: Mapping[str, torch.Tensor], hidden: torch.Tensor) -> torch.Tensor:
+        """Which of the ``(B, T)`` embedded tokens are real: the batch's ``attention_mask`` (text with
+        right padding); a backbone without padding (patches of fixed-size images) returns all ones."""
+        if "attention_mask" not in batch:
+            raise SttabtError(f"{type(self).__name__} needs an attention_mask in the batch")
+        return batch["attention_mask"].bool()
 
     @abstractmethod
     def qkv(

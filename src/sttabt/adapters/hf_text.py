@@ -61,6 +61,8 @@ class HFTextClassifierAdapter(EncoderAdapter):
 
     # -- embeddings ---------------------------------------------------------------------------------------
     def embed(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if "input_ids" not in batch:
+            raise SttabtError("a batch needs input_ids and attention_mask")
         kwargs = {"input_ids": batch["input_ids"]}
         if batch.get("token_type_ids") is not None:
             kwargs["token_type_ids"] = batch["token_type_ids"]
