@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from sttabt.adapters.hf_text import HFTextClassifierAdapter
 from sttabt.core.backtrack import (
     backtrack,
-    backtrack_overhead_flops,
+    backtrack_cost,
     backtrack_rows,
     dynamic_counts,
     per_layer_keep,
@@ -331,8 +331,11 @@ def test_keep_validation():
 
 def test_overhead_flops_hand_count():
     # H = 2, n = 8 (sort: 8·ceil(log2 8) = 24) and two layers with 1 and 3 query rows:
-    # (2·1·8 + 2·1·8 + 24) + (2·3·8 + 2·3·8 + 24) = 56 + 120.
-    assert backtrack_overhead_flops(2, 8, [1, 3]) == 176
+    # reductions and ranking (2·1·8 + 2·1·8 + 24) + (2·3·8 + 2·3·8 + 24) = 56 + 120, plus the rows'
+    # softmax 5·2·(1 + 3)·8 = 320; the rows' scores are (1 + 3)·8·width MACs.
+    macs, flops = backtrack_cost(2, 16, torch.tensor([8]), torch.tensor([[1, 3]]))
+    assert flops.tolist() == [176 + 320]
+    assert macs.tolist() == [4 * 8 * 16]
 
 
 # -- driven by a real (tiny) model through the runtime --------------------------------------------------

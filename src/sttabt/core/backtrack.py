@@ -281,13 +281,6 @@ def backtrack(
     )  # fmt: skip
 
 
-def backtrack_overhead_flops(num_heads: int, real_length: int, query_counts: Sequence[int]) -> int:
-    """FLOPs of building the sets for one sample: head reduction, weighted token reduction, top-k."""
-    n = real_length
-    sort_cost = n * max(1, math.ceil(math.log2(max(n, 2))))
-    return sum(num_heads * n_q * n + 2 * n_q * n + sort_cost for n_q in query_counts)
-
-
 def backtrack_cost(
     num_heads: int, query_width: int, real_lengths: torch.Tensor, query_counts: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -295,8 +288,8 @@ def backtrack_cost(
 
     Per layer with ``m`` needed rows over ``n`` real keys: the rows' scores QKᵀ (``m·n·query_width``
     MACs, ``query_width`` = heads × head dim of the model that predicts attention), their softmax
-    (5 FLOPs per element, as in :mod:`sttabt.core.flops`), then what :func:`backtrack_overhead_flops`
-    counts (head reduction, weighted token reduction, ranking).
+    (5 FLOPs per element, as in :mod:`sttabt.core.flops`), the head reduction (``H·m·n``), the weighted
+    token reduction (``2·m·n``) and the ranking (``n·ceil(log2 n)``).
     """
     n = real_lengths.double().unsqueeze(1)  # (B, 1)
     m = query_counts.double()  # (B, L)
