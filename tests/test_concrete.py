@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from tiny_bert import id_batch, tiny_approx, tiny_bert
 
 from sttabt.adapters.hf_text import HFTextClassifierAdapter
 from sttabt.approxnet import trace_encoder
@@ -184,28 +184,12 @@ P_LOGITS = torch.tensor([0.0, -0.5, -1.0])
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(3)
-    config = BertConfig(
-        vocab_size=80, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-        num_labels=2, initializer_range=0.3,
-    )  # fmt: skip
-    return BertForSequenceClassification(config).eval()
+    return tiny_bert()
 
 
 @pytest.fixture(scope="module")
 def approx(model):
-    from sttabt.approxnet import ApproxNet
-
-    torch.manual_seed(0)
-    return ApproxNet.from_teacher(model, factor=2, init="interpolate")
-
-
-def _batch(lengths, total=None, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    total = total or max(lengths)
-    ids = torch.randint(5, 80, (len(lengths), total), generator=gen)
-    mask = (torch.arange(total)[None] < torch.tensor(lengths)[:, None]).long()
-    return {"input_ids": ids * mask, "attention_mask": mask}
+    return tiny_approx(model)
 
 
 def _selector(adapter, approx, p_logits=P_LOGITS):
@@ -216,7 +200,7 @@ def _selector(adapter, approx, p_logits=P_LOGITS):
 def test_selector_sets_equal_the_masks_of_the_full_traced_logits(model, approx):
     """The recorded q/k path gives the sets of the core on the ApproxNet's full pre-softmax logits."""
     adapter = HFTextClassifierAdapter(model)
-    batch = _batch([12, 6, 9], total=14, seed=4)
+    batch = id_batch([12, 6, 9], total=14, seed=4)
     valid = batch["attention_mask"].bool()
     with torch.no_grad():
         out = SparseEncoder(adapter)(batch, _selector(adapter, approx))
@@ -231,7 +215,7 @@ def test_selector_is_batch_invariant_and_counts_its_overhead(model, approx):
     adapter = HFTextClassifierAdapter(model)
     runner = SparseEncoder(adapter)
     lengths = [14, 5, 9, 1]
-    batch = _batch(lengths, total=16, seed=7)
+    batch = id_batch(lengths, total=16, seed=7)
     with torch.no_grad():
         together = runner(batch, _selector(adapter, approx))
         for row, n in enumerate(lengths):
@@ -271,7 +255,7 @@ def test_masked_hard_formulation_equals_the_gathered_run(helpers, family):
 
 def test_masked_hard_concrete_equals_the_selector_run(model, approx):
     adapter = HFTextClassifierAdapter(model)
-    batch = _batch([13, 4, 8], total=15, seed=9)
+    batch = id_batch([13, 4, 8], total=15, seed=9)
     with torch.no_grad():
         physical = SparseEncoder(adapter)(batch, _selector(adapter, approx))
         masks = predict_masks(SparseEncoder(approx.adapter), batch, P_LOGITS)
@@ -281,7 +265,7 @@ def test_masked_hard_concrete_equals_the_selector_run(model, approx):
 
 def test_masked_formulation_with_every_token_kept_is_the_dense_model(model):
     adapter = HFTextClassifierAdapter(model)
-    batch = _batch([10, 3, 7], seed=2)
+    batch = id_batch([10, 3, 7], seed=2)
     ones = [batch["attention_mask"].float()] * 4
     with torch.no_grad():
         torch.testing.assert_close(
@@ -298,7 +282,7 @@ def test_training_forward_reaches_backbone_approxnet_and_p_logits(model, approx)
     assert state.p_logits.tolist() == [-0.5] * 3
     group = state.param_group(1e-5)
     assert group["lr"] == pytest.approx(1e-4) and group["weight_decay"] == 0.0
-    batch = _batch([9, 5], seed=1)
+    batch = id_batch([9, 5], seed=1)
     labels = torch.tensor([0, 1])
     run = concrete_forward(adapter, predictor, state, batch)
     loss = torch.nn.functional.cross_entropy(run.logits, labels) + state.regularizer(run.masks)
@@ -367,7 +351,7 @@ def test_selector_and_masked_forward_compose_with_bf16_autocast(model, approx):
     from sttabt.utils import inference
 
     adapter = HFTextClassifierAdapter(model)
-    batch = _batch([13, 4, 8], total=15, seed=9)
+    batch = id_batch([13, 4, 8], total=15, seed=9)
     with torch.no_grad():
         fp32 = SparseEncoder(adapter)(batch, _selector(adapter, approx))
     with inference(torch.device("cpu"), "bf16"):

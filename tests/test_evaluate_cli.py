@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_checks import one_line_error
 
 from sttabt.cli import main
 
@@ -344,12 +345,6 @@ def test_sweep_then_append_abt(tiny_model_dir, tiny_approx_dir, glue_dir, tmp_pa
 # ------------------------------------------------------------------ refused before any work (issue 9)
 
 
-def _one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
-
-
 @pytest.fixture
 def no_loading(monkeypatch):
     """Fail the test if anything reaches the model loader: the error must come first."""
@@ -381,7 +376,7 @@ def no_loading(monkeypatch):
 def test_bad_arguments_fail_before_loading(glue_dir, tmp_path, capsys, no_loading, extra, message):
     code, _, _ = _evaluate(tmp_path / "never-loaded", glue_dir, tmp_path, *extra)
     assert code == 2
-    assert message in _one_line_error(capsys)
+    assert message in one_line_error(capsys)
 
 
 def test_unwritable_outputs_fail_before_loading(glue_dir, tmp_path, capsys, no_loading):
@@ -390,16 +385,16 @@ def test_unwritable_outputs_fail_before_loading(glue_dir, tmp_path, capsys, no_l
         argv = ["evaluate", "--model", "m", "--task", "sst2", "--data-dir", str(glue_dir),
                 "--output", str(output), "--no-progress"]  # fmt: skip
         assert main(argv) == 2
-        assert "--output" in _one_line_error(capsys)
+        assert "--output" in one_line_error(capsys)
     argv = ["evaluate", "--model", "m", "--task", "sst2", "--output", str(tmp_path / "r.json"),
             "--predictions", str(tmp_path / "r.json")]  # fmt: skip
-    assert main(argv) == 2 and "same file" in _one_line_error(capsys)
+    assert main(argv) == 2 and "same file" in one_line_error(capsys)
 
 
 def test_max_length_beyond_the_model_fails_before_the_data(tiny_model_dir, tmp_path, capsys):
     code, _, _ = _evaluate(tiny_model_dir, tmp_path / "no-data", tmp_path, "--max-length", "100000")
     assert code == 2
-    assert "--max-length 100000 exceeds the model's maximum of 512 positions" in _one_line_error(capsys)
+    assert "--max-length 100000 exceeds the model's maximum of 512 positions" in one_line_error(capsys)
 
 
 def test_a_model_without_a_trained_head_is_refused(tmp_path, glue_dir, capsys):
@@ -414,7 +409,7 @@ def test_a_model_without_a_trained_head_is_refused(tmp_path, glue_dir, capsys):
     for model in (str(base), "minilm"):
         code, report, _ = _evaluate(model, glue_dir, tmp_path)
         assert code == 2 and not report
-        err = _one_line_error(capsys)
+        err = one_line_error(capsys)
         assert "no trained weights for classifier.bias, classifier.weight" in err and "sttabt finetune" in err
 
 
@@ -422,20 +417,20 @@ def test_a_model_of_another_task_is_refused(tiny_model_dir, glue_dir, tmp_path, 
     import shutil
 
     code, _, _ = _evaluate(tiny_model_dir, glue_dir, tmp_path, "--task", "mnli")
-    assert code == 2 and "has 2 labels but task mnli has 3" in _one_line_error(capsys)
+    assert code == 2 and "has 2 labels but task mnli has 3" in one_line_error(capsys)
     named = tmp_path / "sst2-model"
     shutil.copytree(tiny_model_dir, named)
     config = json.loads((named / "config.json").read_text())
     config.update(id2label={"0": "negative", "1": "positive"}, label2id={"negative": 0, "positive": 1})
     (named / "config.json").write_text(json.dumps(config))
     code, _, _ = _evaluate(named, tmp_path / "no-data", tmp_path, "--task", "mrpc")
-    assert code == 2 and "predicts the labels negative, positive but task mrpc" in _one_line_error(capsys)
+    assert code == 2 and "predicts the labels negative, positive but task mrpc" in one_line_error(capsys)
 
 
 def test_a_hub_id_reaches_the_hub_and_offline_says_so_in_one_line(glue_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code, _, _ = _evaluate("textattack/no-such-model-sttabt", glue_dir, tmp_path)
-    err = _one_line_error(capsys)
+    err = one_line_error(capsys)
     assert code == 2 and "does not exist" not in err and "textattack/no-such-model-sttabt" in err
 
 
@@ -506,7 +501,7 @@ def _sweep(model_dir, glue_dir, out, *extra) -> int:
 )
 def test_sweep_arguments_fail_before_any_work(glue_dir, tmp_path, capsys, no_loading, extra, message):
     assert _sweep("never-loaded", glue_dir, tmp_path / "s", *extra) == 2
-    assert message in _one_line_error(capsys)
+    assert message in one_line_error(capsys)
     assert not (tmp_path / "s").exists()
 
 
@@ -522,7 +517,7 @@ def test_sweep_records_its_settings_and_refuses_to_mix(tiny_model_dir, glue_dir,
     before = (out / "summary.json").read_text()
     capsys.readouterr()
     assert _sweep(tiny_model_dir, glue_dir, out, "--keeps", "0.5", "--limit", "3", "--append") == 2
-    err = _one_line_error(capsys)
+    err = one_line_error(capsys)
     assert "cannot --append" in err and "limit 4 vs 3" in err
     assert (out / "summary.json").read_text() == before
     # A fresh sweep in the same directory replaces the earlier one: no stale run files are left.
@@ -538,7 +533,7 @@ def test_sweep_refuses_a_directory_of_other_files(tiny_model_dir, glue_dir, tmp_
     mine.mkdir()
     (mine / "notes.json").write_text("{}")
     assert _sweep(tiny_model_dir, glue_dir, mine, "--keeps", "0.5") == 2
-    assert "--overwrite" in _one_line_error(capsys)
+    assert "--overwrite" in one_line_error(capsys)
     assert [p.name for p in mine.iterdir()] == ["notes.json"]
     assert _sweep(tiny_model_dir, glue_dir, mine, "--keeps", "0.5", "--overwrite") == 0
     assert (mine / "notes.json").read_text() == "{}" and (mine / "summary.json").is_file()
