@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import random
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_task import tiny_approx_dir, tiny_classifier, tiny_sst2
 
 from sttabt.api import CONFIG_NAME, STATE_NAME, PrunedClassifier
 from sttabt.cli import main
@@ -17,9 +17,6 @@ from sttabt.errors import SttabtError
 from sttabt.methods import MethodOptions, build_selector
 from sttabt.train import learned
 from sttabt.train.learned import LOG_NAME, LearnedConfig, train_learned
-
-WORDS = ["good", "great", "fine", "bad", "awful", "poor", "the", "film", "was", "a", "plot", "very"]
-SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 @pytest.fixture(autouse=True)
@@ -30,56 +27,19 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _classifier(root: Path, seed: int) -> Path:
-    """A tiny random 3-layer BERT classifier with peaky attention (so thresholds and gates bite)."""
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
-
-    vocab = SPECIAL + WORDS
-    config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64, num_labels=2,
-                        initializer_range=0.3)  # fmt: skip
-    torch.manual_seed(seed)
-    BertForSequenceClassification(config).save_pretrained(root)
-    BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(root)
-    return root
-
-
-def _approx(teacher: Path, root: Path) -> Path:
-    from sttabt.approxnet import ApproxNet
-    from sttabt.models import load_text_classifier
-
-    model, _ = load_text_classifier(str(teacher))
-    torch.manual_seed(1)
-    ApproxNet.from_teacher(model, 2).save(root)
-    return root
-
-
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> Path:
-    return _classifier(tmp_path_factory.mktemp("teacher"), 0)
+    return tiny_classifier(tmp_path_factory.mktemp("teacher"), 0)
 
 
 @pytest.fixture(scope="module")
 def approx(teacher, tmp_path_factory) -> Path:
-    return _approx(teacher, tmp_path_factory.mktemp("approx"))
+    return tiny_approx_dir(teacher, tmp_path_factory.mktemp("approx"))
 
 
 @pytest.fixture(scope="module")
 def glue_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("glue")
-    (root / "SST-2").mkdir()
-    for split, n, seed in (("train", 48, 0), ("dev", 12, 1)):
-        rng = random.Random(seed)
-        rows = []
-        for i in range(n):
-            label = i % 2
-            words = rng.sample(WORDS[6:], rng.randint(3, 6)) + [
-                rng.choice(WORDS[:3] if label else WORDS[3:6])
-            ]
-            rng.shuffle(words)
-            rows.append(f"{' '.join(words)}\t{label}\n")
-        (root / "SST-2" / f"{split}.tsv").write_text("sentence\tlabel\n" + "".join(rows))
-    return root
+    return tiny_sst2(tmp_path_factory.mktemp("glue"))
 
 
 def _config(method: str, teacher: Path, glue_dir: Path, output: Path, **kwargs) -> LearnedConfig:
@@ -322,8 +282,8 @@ def test_an_interrupted_save_leaves_no_directory(teacher, glue_dir, tmp_path, mo
 
 
 def test_mismatched_approxnet_is_refused(teacher, glue_dir, tmp_path_factory, capsys):
-    other = _classifier(tmp_path_factory.mktemp("other"), 5)
-    foreign = _approx(other, tmp_path_factory.mktemp("foreign"))
+    other = tiny_classifier(tmp_path_factory.mktemp("other"), 5)
+    foreign = tiny_approx_dir(other, tmp_path_factory.mktemp("foreign"))
     out = tmp_path_factory.mktemp("x") / "c"
     argv = [
         "train",

@@ -20,10 +20,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "sweep",
         help="sweep keep ratios for several methods; writes a table and a plot",
         description="Evaluates dense, then each method at each keep ratio, on one task split. Writes one "
-        "JSON per run, summary.json, summary.md (the table, with the settings) and accuracy_vs_flops.png.",
+        "JSON per run, summary.json, summary.md (the table, with the settings) and accuracy_vs_flops.png. "
+        "With --config FILE (TOML or YAML) the sweep is a grid over methods and budgets, learned methods "
+        "included (trained first), resumable, with latency, CSV/JSON tables and PNG/SVG plots "
+        "(see the README).",
     )
-    parser.add_argument("--model", required=True, help="fine-tuned classifier: Hub id or local directory")
-    parser.add_argument("--task", required=True, help="GLUE task (sst2, mrpc, ...) or bbc")
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="a TOML/YAML grid (methods, budgets, training, latency): every other setting "
+                        "comes from the file")  # fmt: skip
+    parser.add_argument("--model", default=None, help="fine-tuned classifier: Hub id or local directory")
+    parser.add_argument("--task", default=None, help="GLUE task (sst2, mrpc, ...) or bbc")
     parser.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     parser.add_argument("--split", default="dev", help=SPLIT_HELP)
     parser.add_argument("--approx", default=None, metavar="DIR", help="distilled ApproxNet (method abt only)")
@@ -45,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--limit", type=validate.positive_int_arg, default=None, help="evaluate the first N examples only"
     )
     add_runtime_arguments(parser)
-    parser.add_argument("--output-dir", required=True, help="directory for the runs, the table and the plot")
+    parser.add_argument("--output-dir", default=None, help="directory for the runs, the table and the plot")
     add_overwrite_argument(
         parser, "write into a non-empty --output-dir that holds other files (they are left alone)"
     )
@@ -60,6 +66,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.config is not None:
+        return run_config(args)
+    missing = [flag for flag in ("model", "task", "output_dir") if getattr(args, flag) is None]
+    if missing:
+        raise SttabtError(f"sttabt sweep needs --{missing[0].replace('_', '-')} (or --config FILE)")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     keeps = validate.keep_list(args.keeps, "--keeps")
     validate.output_dir(args.output_dir, "--output-dir", owned_by=OUTPUT_MARKERS, overwrite=args.overwrite)
@@ -82,3 +93,33 @@ def run(args: argparse.Namespace) -> int:
     run_sweep(base, args.output_dir, keeps, methods, args.approx, append=args.append, command=command)
     print(Path(args.output_dir, "summary.md").read_text())
     return 0
+
+
+#: The flags a --config sweep takes from its file instead; given beside --config they are refused.
+CONFIG_OWNS = ("model", "task", "data_dir", "split", "approx", "methods", "keeps", "batch_size", "max_length",
+               "limit", "device", "dtype", "output_dir", "overwrite", "append")  # fmt: skip
+
+
+def run_config(args: argparse.Namespace) -> int:
+    """``sttabt sweep --config FILE``: the grid of :mod:`sttabt.grid` (resumes from existing point files)."""
+    from sttabt.grid import load_grid_config, run_grid
+
+    defaults = argparse.Namespace()
+    register_defaults(defaults)
+    given = [name for name in CONFIG_OWNS if getattr(args, name) != getattr(defaults, name)]
+    if given:
+        raise SttabtError(f"--{given[0].replace('_', '-')} cannot be combined with --config: "
+                          "set it in the config file")  # fmt: skip
+    config = load_grid_config(args.config)
+    run_grid(config, command=getattr(args, "command_line", None))
+    print(Path(config.output_dir, "summary.md").read_text())
+    return 0
+
+
+def register_defaults(namespace: argparse.Namespace) -> None:
+    """The parser's defaults, to tell which flags a user actually gave."""
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    sub = parser.parse_args(["sweep", "--config", "x"])
+    for name in CONFIG_OWNS:
+        setattr(namespace, name, getattr(sub, name))
