@@ -23,7 +23,8 @@ from sttabt.errors import SttabtError
 from sttabt.methods import MethodOptions, build_selector
 from sttabt.methods.registry import validate_method
 from sttabt.progress import track
-from sttabt.runtime import SparseEncoder
+from sttabt.protocol import check_protocol, padded_lengths, reference_figures
+from sttabt.runtime import RATIO_LENGTHS, SparseEncoder
 from sttabt.utils import atomic_write_json, atomic_write_text, inference, resolve_device
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class EvalConfig:
     device: str = "auto"
     dtype: str = "fp32"
     progress: bool = True
+    protocol: str = "real"  # "reference": also count as the STTABT paper does (sttabt.protocol)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -58,6 +60,7 @@ class EvalConfig:
         if self.limit is not None:
             validate.positive_int(self.limit, "--limit")
         validate_method(self.method, self.options, strict=True)
+        check_protocol(self.protocol, self.method)
         check_split(self.task, self.split)
         validate.dtype(self.dtype, validate.device(self.device, "--device"), "--dtype")
 
@@ -86,6 +89,7 @@ class EvalRun:
     dense_macs: torch.Tensor
     seconds: float
     provenance: dict[str, Any] = field(default_factory=dict)
+    reference: dict[str, Any] | None = None  # the paper's padded-length figures (--protocol reference)
 
     def report(self) -> dict[str, Any]:
         relative = float(self.flops.sum() / self.dense_flops.sum())
@@ -108,6 +112,7 @@ class EvalRun:
                 "method FLOPs include its overhead (ApproxNet forward, set construction)",
             },
             "seconds": self.seconds,
+            **({"reference_protocol": self.reference} if self.reference is not None else {}),
             "config": self.config.to_dict(),
             "provenance": self.provenance,
         }
@@ -135,6 +140,8 @@ def run_evaluation(config: EvalConfig, model=None, tokenizer=None) -> EvalRun:
     selector = build_selector(config.method, adapter, config.options)
 
     features = encode(tokenizer, examples, config.max_length)
+    reference = config.protocol == "reference"
+    padded = padded_lengths([len(f["input_ids"]) for f in features]) if reference else None
     order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
     count, layers = len(features), adapter.num_layers
     logits = None
@@ -144,6 +151,7 @@ def run_evaluation(config: EvalConfig, model=None, tokenizer=None) -> EvalRun:
     macs = torch.zeros(count, dtype=torch.float64)
     dense_flops = torch.zeros(count, dtype=torch.float64)
     dense_macs = torch.zeros(count, dtype=torch.float64)
+    layer_counts = torch.zeros(count, layers, 3, dtype=torch.long)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     started = time.perf_counter()
     chunks = [order[i : i + config.batch_size] for i in range(0, count, config.batch_size)]
@@ -152,8 +160,10 @@ def run_evaluation(config: EvalConfig, model=None, tokenizer=None) -> EvalRun:
         for chunk in bar:
             batch = collate([features[i] for i in chunk], pad_id)
             batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-            out = runner(batch, selector)
             idx = torch.tensor(chunk)
+            if reference:
+                batch[RATIO_LENGTHS] = padded[idx].to(device)
+            out = runner(batch, selector)
             if logits is None:
                 logits = torch.zeros(count, out.logits.shape[-1], dtype=torch.float32)
             logits[idx] = out.logits.float().cpu()
@@ -166,11 +176,15 @@ def run_evaluation(config: EvalConfig, model=None, tokenizer=None) -> EvalRun:
             dense = dense_cost(adapter.shape, out.real_lengths.cpu())
             dense_flops[idx] = dense.flops
             dense_macs[idx] = dense.macs
+            layer_counts[idx] = out.counts.cpu().long()
     seconds = time.perf_counter() - started
     labels = [ex.label for ex in examples]
     predictions = logits.squeeze(-1).tolist() if task.is_regression else logits.argmax(dim=-1).tolist()
     metrics = compute_metrics(task.name, predictions, labels)
     log.info("%s on %s/%s: %s", config.method, task.name, config.split, metrics)
+    real = torch.tensor([len(f["input_ids"]) for f in features])
+    figures = (reference_figures(config.method, selector, adapter.shape, layer_counts, real, padded)
+               if reference else None)  # fmt: skip
     return EvalRun(
         config,
         metrics,
@@ -184,6 +198,7 @@ def run_evaluation(config: EvalConfig, model=None, tokenizer=None) -> EvalRun:
         dense_macs,
         seconds,
         provenance,
+        figures,
     )
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from sttabt import validate
 from sttabt.errors import SttabtError
+from sttabt.protocol import check_protocol
 from sttabt.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ TRAIN_OPTIONS = (
     "dtype",
 )
 TOP_KEYS = (
+    "protocol",
     "task",
     "model",
     "approx",
@@ -69,7 +71,7 @@ TOP_KEYS = (
 )
 PLOT_FORMATS = ("png", "svg")
 #: The number-changing settings recorded in every point file (a point made otherwise is not reused).
-POINT_SETTINGS = ("task", "split", "data_dir", "max_length", "limit", "dtype")
+POINT_SETTINGS = ("task", "split", "data_dir", "max_length", "limit", "dtype", "protocol")
 
 
 @dataclass
@@ -139,6 +141,7 @@ class GridConfig:
     limit: int | None = None
     device: str = "auto"
     dtype: str = "fp32"
+    protocol: str = "real"
     train: dict[str, Any] = field(default_factory=dict)
     latency: LatencySettings | None = None
 
@@ -157,6 +160,7 @@ class GridConfig:
             raise SttabtError("the config's [methods] table is empty: name at least one method")
         for method, spec in self.methods.items():
             self._check_method(method, spec)
+            check_protocol(self.protocol, method)
         if any(m in self.methods for m in ("abt", "concrete")) and not self.approx:
             raise SttabtError("methods abt and concrete need `approx` (an ApproxNet directory) in the config")
         if any(m in self.methods for m in LEARNED) and not self.models_dir:
@@ -234,6 +238,7 @@ class GridConfig:
             device=self.device,
             dtype=self.dtype,
             progress=False,
+            protocol=self.protocol,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -411,7 +416,8 @@ class _PointRunner:
         if point.method == "abt-oracle":
             return None, MethodOptions(keep=point.value)
         oracle = self.ensure(GridPoint("abt-oracle", point.value))  # top-k at the oracle's retention (§1.6)
-        return None, MethodOptions(keep=min(1.0, oracle["retention"]), schedule="reference")
+        counted = oracle.get("reference_protocol", oracle)  # under the paper's protocol, its own retention
+        return None, MethodOptions(keep=min(1.0, counted["retention"]), schedule="reference")
 
     def approxnet(self):
         from sttabt.approxnet import ApproxNet
@@ -466,6 +472,9 @@ def point_row(point: GridPoint, report: dict[str, Any]) -> dict[str, Any]:
         "relative_flops": report["flops"]["relative"],
         "file": f"{point.name}.json",
     }
+    if "reference_protocol" in report:
+        row["reference_retention"] = report["reference_protocol"]["retention"]
+        row["reference_relative_flops"] = report["reference_protocol"]["relative"]
     for entry in report.get("latency", {}).get("runs", []):
         key = f"{entry['dtype']}_b{entry['batch_size']}"
         row[f"ms_{key}"] = entry["method_ms_per_example"]
@@ -512,10 +521,13 @@ def summary_markdown(rows: list[dict[str, Any]], config: GridConfig) -> str:
     dense = next(row for row in rows if row["method"] == "dense")
     speed_keys = [key for key in dense if key.startswith("speedup_")]
     head = ["method", "budget", dense["metric"] + " ×100", "retention %", "rel. FLOPs %", "Pareto"]
+    ref_keys = [key for key in ("reference_retention", "reference_relative_flops") if key in dense]
+    head += ["paper's retention %", "paper's rel. FLOPs %"] if ref_keys else []
     head += [key.replace("speedup_", "speed-up ") for key in speed_keys]
     flags = pareto([(row["relative_flops"], row["score"]) for row in rows])
     lines = [
-        f"{config.task} / {config.split}: teacher {config.model}; real lengths, overhead included.",
+        f"{config.task} / {config.split}: teacher {config.model}; real lengths, overhead included"
+        + ("; beside them the paper's padded-length protocol (sttabt.protocol)." if ref_keys else "."),
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -530,6 +542,7 @@ def summary_markdown(rows: list[dict[str, Any]], config: GridConfig) -> str:
             f"{100 * row['relative_flops']:.1f}",
             "yes" if flag else "",
         ]
+        cells += [f"{100 * row[key]:.1f}" if key in row else "" for key in ref_keys]
         cells += [f"{row[key]:.2f}×" if key in row else "" for key in speed_keys]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Cheapest point within 1 point of dense ({100 * dense['score']:.2f}):", ""]

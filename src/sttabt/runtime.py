@@ -256,6 +256,9 @@ def _check_plan(plan: TokenPlan, valid: torch.Tensor, readout: torch.Tensor, num
         )
 
 
+#: Optional batch entry ``(B,)``: the lengths that keep ratios are fractions of, when not the real lengths
+#: (the paper's padded-length protocol, :mod:`sttabt.protocol`). Selectors read it; the model never sees it.
+RATIO_LENGTHS = "ratio_lengths"
 #: Default bound on the attention-probability elements held at once (b·H·n_q·n_k, 16 MiB in fp32).
 ATTENTION_CHUNK_ELEMENTS = 1 << 22
 

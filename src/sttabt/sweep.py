@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 DEFAULT_KEEPS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.625, 0.75)
 SWEEP_METHODS = ("abt", "abt-oracle", "topk")
 #: Evaluation settings that change a sweep's numbers: runs that differ in one cannot share a table.
-NUMBER_SETTINGS = ("model", "task", "split", "data_dir", "max_length", "limit", "dtype")
+NUMBER_SETTINGS = ("model", "task", "split", "data_dir", "max_length", "limit", "dtype", "protocol")
 #: What a sweep writes into its directory (and removes there before a fresh sweep).
 SUMMARY_FILES = ("summary.json", "summary.md", "accuracy_vs_flops.png")
 _RUN_FILE = re.compile(r"^(dense|abt|abt-oracle|topk)(_k[0-9.e-]+)?\.json$")
@@ -177,7 +177,8 @@ def run_sweep(
             options = MethodOptions(keep=keep, approx=approx, extra={"approxnet": approxnet})
             record("abt", keep, options, f"abt_k{keep}")
         if "topk" in methods:
-            target = min(1.0, oracle["retention"])
+            counted = oracle.get("reference_protocol", oracle)  # the paper's rule counts padded retention
+            target = min(1.0, counted["retention"])
             options = MethodOptions(keep=target, schedule="reference")
             record("topk", keep, options, f"topk_k{keep}")
     if "abt-oracle" not in methods and not append:

@@ -64,3 +64,14 @@ def add_overwrite_argument(
     text: str = "replace a non-empty --output directory that is not an earlier output of this command",
 ) -> None:
     parser.add_argument("--overwrite", action="store_true", help=text)
+
+
+def add_protocol_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--protocol",
+        default="real",
+        choices=["real", "reference"],
+        help="real (default): keep ratios, FLOPs and retention on real lengths; reference: also the STTABT "
+        "paper's counting (padded to the longest of each 1024-example chunk, k of the padded length, "
+        "13-entry retention), only to compare with its published numbers (dense, abt, abt-oracle, topk)",
+    )

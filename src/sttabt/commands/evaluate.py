@@ -9,6 +9,7 @@ from sttabt.commands.common import (
     DATA_DIR_HELP,
     SPLIT_HELP,
     add_method_arguments,
+    add_protocol_argument,
     add_runtime_arguments,
     method_options_from_args,
 )
@@ -30,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--limit", type=validate.positive_int_arg, default=None, help="evaluate the first N examples only"
     )
     add_runtime_arguments(parser)
+    add_protocol_argument(parser)
     parser.add_argument("--output", required=True, help="results.json path")
     parser.add_argument("--predictions", default=None, help="optional preds.jsonl path")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -57,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         progress=not args.no_progress,
+        protocol=args.protocol,
     )
     config.validate()
     run_ = run_evaluation(config)

@@ -6,7 +6,13 @@ import argparse
 from pathlib import Path
 
 from sttabt import validate
-from sttabt.commands.common import DATA_DIR_HELP, SPLIT_HELP, add_overwrite_argument, add_runtime_arguments
+from sttabt.commands.common import (
+    DATA_DIR_HELP,
+    SPLIT_HELP,
+    add_overwrite_argument,
+    add_protocol_argument,
+    add_runtime_arguments,
+)
 from sttabt.errors import SttabtError
 from sttabt.evaluate import EvalConfig
 from sttabt.sweep import DEFAULT_KEEPS, SWEEP_METHODS, check_sweep, run_sweep
@@ -51,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--limit", type=validate.positive_int_arg, default=None, help="evaluate the first N examples only"
     )
     add_runtime_arguments(parser)
+    add_protocol_argument(parser)
     parser.add_argument("--output-dir", default=None, help="directory for the runs, the table and the plot")
     add_overwrite_argument(
         parser, "write into a non-empty --output-dir that holds other files (they are left alone)"
@@ -87,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         progress=not args.no_progress,
+        protocol=args.protocol,
     )
     check_sweep(base, keeps, methods, args.approx)
     command = getattr(args, "command_line", None)
@@ -97,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
 
 #: The flags a --config sweep takes from its file instead; given beside --config they are refused.
 CONFIG_OWNS = ("model", "task", "data_dir", "split", "approx", "methods", "keeps", "batch_size", "max_length",
-               "limit", "device", "dtype", "output_dir", "overwrite", "append")  # fmt: skip
+               "limit", "device", "dtype", "output_dir", "overwrite", "append", "protocol")  # fmt: skip
 
 
 def run_config(args: argparse.Namespace) -> int:

@@ -153,6 +153,7 @@ def backtrack_rows(
     union: bool = True,
     heads: int = 1,
     chunk_elements: int = ROW_CHUNK_ELEMENTS,
+    ratio_lengths: torch.Tensor | None = None,
 ) -> BacktrackResult:
     """Build nested key sets S_0 ⊇ … ⊇ S_L, reading only the attention rows each layer needs.
 
@@ -165,6 +166,8 @@ def backtrack_rows(
         p: impact mixing constant (0.1 in the paper).
         union: keep ``S_l = TopK ∪ S_{l+1}`` (Pitfall R3); turning it off is only for ablations and
             breaks nesting, so the sparse runtime refuses such sets.
+        ratio_lengths: ``(B,)`` lengths the keep ratios are fractions of (default: the real lengths; the
+            paper's protocol passes padded lengths, see :func:`~sttabt.core.tokens.keep_counts_per_layer`).
     """
     ratios = per_layer_keep(keep, num_layers)
     valid = valid.bool()
@@ -175,7 +178,7 @@ def backtrack_rows(
     needed = readout & valid
     layout = compact(needed)
     step = _Step(needed, layout, layout.valid.float() / _rows_of(layout))
-    counts = None if ratios == "dynamic" else keep_counts_per_layer(ratios, valid.sum(dim=1))
+    counts = None if ratios == "dynamic" else keep_counts_per_layer(ratios, valid.sum(dim=1), ratio_lengths)
     no_padding = bool(valid.all())  # asked once: then nothing needs masking
 
     sets, layouts, scores = [needed], [layout], []

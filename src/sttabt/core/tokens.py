@@ -126,12 +126,18 @@ def keep_counts(keep: float, real_lengths: torch.Tensor) -> torch.Tensor:
     return keep_counts_per_layer([keep], real_lengths)[0]
 
 
-def keep_counts_per_layer(ratios: list[float], real_lengths: torch.Tensor) -> torch.Tensor:
-    """``(L, B)``: :func:`keep_counts` for every layer's ratio at once (a few ops instead of ~9 per layer)."""
+def keep_counts_per_layer(
+    ratios: list[float], real_lengths: torch.Tensor, ratio_lengths: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``(L, B)``: :func:`keep_counts` for every layer's ratio at once (a few ops instead of ~9 per layer).
+
+    ``ratio_lengths`` (B,) are the lengths the ratios are fractions of, when not the real ones: the paper's
+    protocol takes ``ceil(k · T_padded)`` (METHODS R5); the count is still at most the real length.
+    """
     for keep in ratios:
         if not 0.0 < keep <= 1.0:
             raise ValueError(f"keep ratio must be in (0, 1], got {keep}")
-    lengths = real_lengths.double().unsqueeze(0)
+    lengths = (real_lengths if ratio_lengths is None else ratio_lengths).double().unsqueeze(0)
     table = torch.tensor(ratios, dtype=torch.float64, device=real_lengths.device).unsqueeze(1)
     counts = torch.ceil(lengths * table - 1e-9).long()
     return counts.clamp(min=1).minimum(real_lengths.long().clamp(min=1).unsqueeze(0))

@@ -33,6 +33,7 @@ from sttabt.core.tokens import CompactIndex, relative_index
 from sttabt.errors import SttabtError
 from sttabt.methods.registry import MethodOptions, register_method
 from sttabt.runtime import (
+    RATIO_LENGTHS,
     LayerView,
     SparseEncoder,
     TokenPlan,
@@ -140,6 +141,7 @@ class BacktrackSelector(TokenSelector):
         self.result = backtrack_rows(
             rows, valid, self.keep, self.num_layers, p=self.p, head_reduction=self.head_reduction,
             token_reduction=self.token_reduction, heads=adapter.num_heads,
+            ratio_lengths=batch.get(RATIO_LENGTHS),
         )  # fmt: skip
         self._overhead = functools.partial(self._cost, valid.sum(dim=1), self.result)
 

@@ -12,7 +12,7 @@ import torch
 from sttabt.core.tokens import RowSelection, keep_counts_per_layer, scatter_scores, top_rows, topk_mask
 from sttabt.errors import SttabtError
 from sttabt.methods.registry import MethodOptions, register_method
-from sttabt.runtime import LayerView, TokenSelector
+from sttabt.runtime import RATIO_LENGTHS, LayerView, TokenSelector
 
 
 def reference_schedule(target: float, num_layers: int) -> list[float]:
@@ -54,7 +54,8 @@ class TopKSelector(TokenSelector):
         self.num_heads = num_heads
 
     def prepare(self, batch, valid: torch.Tensor) -> None:
-        self._counts = keep_counts_per_layer(self.ratios, valid.sum(dim=1))  # (L, B)
+        lengths = batch.get(RATIO_LENGTHS)
+        self._counts = keep_counts_per_layer(self.ratios, valid.sum(dim=1), lengths)  # (L, B)
         # One sample: every layer's count as a plain int (one host sync here instead of one per layer).
         self._single = self._counts[:, 0].tolist() if valid.shape[0] == 1 else None
 
