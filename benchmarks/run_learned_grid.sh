@@ -17,7 +17,7 @@ has teacher && run finetune --model minilm --task sst2 --output $A/minilm-sst2-f
   --group-by-length --dtype bf16 --seed 0 --no-progress
 has teacher && cp $A/minilm-sst2-full/train_log.json benchmarks/results/sst2/teacher_full_train_log.json
 has distill && run distill --teacher $A/minilm-sst2-full --task sst2 --factor 4 --output $A/approx-sst2-full-f4 \
-  --general-epochs 1 --epochs 3 --max-train-examples 24000 --max-length 64 --lr 1e-3 --seed 0 --no-progress
+  --general-epochs 1 --epochs 3 --max-train-examples 16000 --max-length 64 --lr 1e-3 --seed 0 --no-progress
 has distill && cp $A/approx-sst2-full-f4/distill_log.json benchmarks/results/sst2/approx_full_distill_log.json
 has grid && run sweep --config benchmarks/configs/sst2_grid.toml
 has reference && run sweep --config benchmarks/configs/sst2_grid_reference.toml
