@@ -21,8 +21,10 @@ from functools import cached_property
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from sttabt.adapters.base import EncoderAdapter
+from sttabt.adapters.lookup import adapter_for
 from sttabt.core.flops import CostReport, EncoderShape, encoder_cost
 from sttabt.core.tokens import CompactIndex, RowSelection, compact, expand, gather_tokens, relative_index
 from sttabt.errors import SttabtError
@@ -275,10 +277,12 @@ class SparseEncoder:
     streaming a ``(B, H, n, n)`` tensor through memory several times (and paying page faults for it).
     """
 
-    def __init__(self, adapter: EncoderAdapter, attention_chunk_elements: int = ATTENTION_CHUNK_ELEMENTS):
+    def __init__(
+        self, adapter: EncoderAdapter | nn.Module, attention_chunk_elements: int = ATTENTION_CHUNK_ELEMENTS
+    ):
         if attention_chunk_elements < 1:
             raise SttabtError(f"attention_chunk_elements must be positive, got {attention_chunk_elements}")
-        self.adapter = adapter
+        self.adapter = adapter_for(adapter)  # a model gets its adapter from the one lookup
         self.attention_chunk_elements = attention_chunk_elements
 
     def __call__(
