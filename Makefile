@@ -10,9 +10,12 @@ export TOKENIZERS_PARALLELISM ?= false
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	# CPU torch first: otherwise a dependency pulls a multi-GB CUDA build.
-	$(PY) -m pip install -q --disable-pip-version-check "torch==2.13.0"
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[text,dev]"
+	# torch and torchvision first, as one matched pair, before anything that depends on torch: timm (the
+	# vision extra) imports torchvision at import time, and the only torchvision built for torch 2.13 is a
+	# CUDA build whose C++ operators fail to register beside the CPU torch 2.13 (and then break
+	# `import transformers`). Left to itself, pip would also pick such a mismatched pair.
+	$(PY) -m pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[text,vision,dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -396,3 +396,21 @@ def test_chunks_of_samples_change_nothing(keep, reductions):
             assert torch.equal(a, b)
         for a, b in zip(whole.scores, chunked.scores, strict=True):
             torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6)
+
+
+def test_backtracking_keeps_every_prefix_token_and_seeds_from_the_readout():
+    """P = 3 prefix tokens, a head reading positions 0 and 1: both seed S_L, all three stay in every set,
+    and the keep ratio ranks only the 9 others (ceil(0.25·9) = 3 of them per layer, plus the union)."""
+    from sttabt.core.tokens import TokenPrefix
+
+    gen = torch.Generator().manual_seed(0)
+    maps = [torch.rand(2, 2, 12, 12, generator=gen).softmax(dim=-1) for _ in range(3)]
+    # Make the prefix unattractive so that a ranking that included it would drop it.
+    maps = [m * torch.cat([torch.full((3,), 1e-3), torch.ones(9)]) for m in maps]
+    valid = torch.ones(2, 12, dtype=torch.bool)
+    prefix = TokenPrefix(count=3, readout=2, in_budget=False)
+    result = backtrack(maps, valid, 0.25, prefix=prefix)
+    assert result.key_sets[-1].sum(dim=1).tolist() == [2, 2] and result.key_sets[-1][:, :2].all()
+    for layer_set in result.key_sets[:-1]:
+        assert layer_set[:, :3].all()
+    assert result.key_sets[2].sum(dim=1).tolist() == [6, 6]  # the prefix + 3 ranked non-prefix tokens

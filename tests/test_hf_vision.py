@@ -3,6 +3,8 @@
 * dense runs equal the unmodified model (fp32, 1e-5);
 * top-k and a selector keeping a different number of patches per image are batch invariant;
 * unsupported classes are refused with one clear error.
+
+Every supported class (HF DeiT and DeiT-with-teacher, timm) is covered in test_vision_backbones.py.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import DeiTConfig, DeiTForImageClassification, ViTConfig, ViTForImageClassification
+from transformers import DeiTConfig, DeiTForMaskedImageModeling, ViTConfig, ViTForImageClassification
 
 from sttabt.adapters.hf_vision import HFViTClassifierAdapter
 from sttabt.errors import SttabtError
@@ -104,10 +106,10 @@ def test_different_kept_counts_per_image_are_batch_invariant():
 
 
 def test_unsupported_classes_are_refused():
-    deit = DeiTForImageClassification(
+    deit = DeiTForMaskedImageModeling(
         DeiTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=4)
     )
-    with pytest.raises(SttabtError, match="DeiT"):
+    with pytest.raises(SttabtError, match="DeiTForMaskedImageModeling"):
         HFViTClassifierAdapter(deit)
     with pytest.raises(SttabtError, match="pixel_values"):
         SparseEncoder(HFViTClassifierAdapter(tiny_vit()))({"input_ids": torch.zeros(1, 3, dtype=torch.long)})

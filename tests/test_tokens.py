@@ -323,3 +323,27 @@ def test_scatter_scores_round_trip(mask, seed):
 def test_compact_index_counts_property():
     index = CompactIndex(positions=torch.zeros(2, 3, dtype=torch.long), valid=_mask([[1, 1, 0], [0, 0, 0]]))
     assert index.counts.tolist() == [2, 0]
+
+
+# -- prefix tokens ---------------------------------------------------------------------------------------
+def test_text_prefix_counts_are_the_plain_keep_counts():
+    from sttabt.core.tokens import TokenPrefix
+
+    lengths = torch.tensor([1, 2, 7, 128])
+    ratios = [0.05, 0.3, 1.0]
+    assert torch.equal(TokenPrefix().total_counts(ratios, lengths), keep_counts_per_layer(ratios, lengths))
+
+
+def test_image_prefix_counts_add_the_prefix_to_a_fraction_of_the_rest():
+    from sttabt.core.tokens import TokenPrefix
+
+    prefix = TokenPrefix(count=3, readout=2, in_budget=False)
+    lengths = torch.tensor([3, 4, 13, 199])  # 0, 1, 10 and 196 non-prefix tokens
+    counts = prefix.total_counts([0.5, 1.0], lengths)
+    assert counts.tolist() == [[3, 4, 8, 101], [3, 4, 13, 199]]
+    valid = torch.ones(1, 5, dtype=torch.bool)
+    assert prefix.mask(valid).tolist() == [[True, True, True, False, False]]
+    assert prefix.readout_mask(valid).tolist() == [[True, True, False, False, False]]
+    assert prefix.ranked(valid).tolist() == [[False, False, False, True, True]]
+    with pytest.raises(ValueError, match="readout"):
+        TokenPrefix(count=1, readout=2)

@@ -140,3 +140,107 @@ def _newly_initialised(info: dict[str, Any]) -> list[str]:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+#: The prefix that names a timm architecture instead of a path or a Hub id.
+TIMM_PREFIX = "timm:"
+#: Weight files that unpickle (and so can run code) when loaded: refused.
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+def load_image_classifier(
+    name_or_path: str,
+    *,
+    checkpoint: str | Path | None = None,
+    random_weights: bool = False,
+    **timm_kwargs: Any,
+):
+    """An image classifier in eval mode, with its adapter checked: ``(model, adapter)``.
+
+    * ``timm:<architecture>`` (e.g. ``timm:deit_small_patch16_224``): built by ``timm.create_model`` with
+      ``pretrained=False`` (never the Hub) and ``timm_kwargs``; its weights come from ``checkpoint``, a
+      ``.safetensors`` file, unless ``random_weights`` asks for an untrained model (benchmarks, tests);
+    * a timm directory (``config.json`` with ``architecture``, and ``model.safetensors``);
+    * a transformers directory or Hub id (ViT / DeiT image classifiers), safetensors weights only.
+
+    Pickled weights (``.bin``, ``.pt``, ...) are refused: unpickling can run code.
+    """
+    from sttabt.adapters.lookup import adapter_for
+
+    name = str(name_or_path)
+    if checkpoint is not None and str(checkpoint).endswith(_PICKLE_SUFFIXES):
+        raise SttabtError(f"refusing pickled weights {checkpoint}: convert them to .safetensors")
+    if name.startswith(TIMM_PREFIX):
+        model = _timm_model(name[len(TIMM_PREFIX) :], checkpoint, random_weights, timm_kwargs)
+    elif _timm_directory(name) is not None:
+        architecture, config = _timm_directory(name)
+        weights = Path(name) / "model.safetensors"
+        model = _timm_model(architecture, checkpoint or weights, False, {**config, **timm_kwargs})
+    else:
+        model = _hf_image_model(name)
+    model = model.eval()
+    return model, adapter_for(model)
+
+
+def _timm_directory(path: str) -> tuple[str, dict[str, Any]] | None:
+    """``(architecture, create_model kwargs)`` of a timm model directory, or ``None`` if it is not one."""
+    import json
+
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        return None
+    config = json.loads(config_file.read_text())
+    if "architecture" not in config:
+        return None
+    kwargs = {"num_classes": config["num_classes"]} if "num_classes" in config else {}
+    return str(config["architecture"]), kwargs
+
+
+def _timm_model(architecture: str, checkpoint, random_weights: bool, kwargs: dict[str, Any]):
+    try:
+        import timm
+    except ImportError as exc:
+        raise SttabtError("timm models need timm: pip install 'sttabt[vision]'") from exc
+    if checkpoint is None and not random_weights:
+        raise SttabtError(
+            f"timm:{architecture} needs a .safetensors checkpoint (random_weights=True: an untrained model)"
+        )
+    try:
+        model = timm.create_model(architecture, pretrained=False, **kwargs)
+    except Exception as exc:  # timm raises RuntimeError/TypeError/KeyError for unknown names and kwargs
+        raise SttabtError(f"cannot build timm model {architecture!r}: {_first_line(exc)}") from exc
+    if checkpoint is not None:
+        _load_safetensors(model, Path(checkpoint))
+    return model
+
+
+def _load_safetensors(model, checkpoint: Path) -> None:
+    """Load every weight of ``model`` from a safetensors file (strict: no missing or unexpected keys)."""
+    from safetensors.torch import load_file
+
+    if checkpoint.suffix != ".safetensors":
+        raise SttabtError(f"checkpoint {checkpoint} is not a .safetensors file (pickled weights are refused)")
+    if not checkpoint.is_file():
+        raise SttabtError(f"checkpoint does not exist: {checkpoint}")
+    try:
+        model.load_state_dict(load_file(str(checkpoint)), strict=True)
+    except Exception as exc:  # missing/unexpected keys, wrong shapes, a corrupt file
+        raise SttabtError(f"cannot load {checkpoint} into the model: {_first_line(exc)}") from exc
+
+
+def _hf_image_model(name: str):
+    import transformers
+
+    path = resolve_model_path(name)
+    config = load_model_config(name)
+    model_class = transformers.AutoModelForImageClassification
+    if getattr(config, "model_type", None) == "deit" and "WithTeacher" in str(config.architectures):
+        model_class = transformers.DeiTForImageClassificationWithTeacher  # not in the Auto mapping
+    try:
+        model, info = model_class.from_pretrained(path, output_loading_info=True, use_safetensors=True)
+    except Exception as exc:  # no safetensors file, offline Hub, bad config
+        raise SttabtError(f"cannot load an image classifier from {name!r}: {_first_line(exc)}") from exc
+    fresh = _newly_initialised(info)
+    if fresh:
+        raise SttabtError(f"model {name!r} has no trained weights for {', '.join(fresh)} (random weights)")
+    return model

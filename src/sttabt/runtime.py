@@ -7,9 +7,10 @@ look at the layer's attention and pick the tokens that continue). Queries, the a
 projection and the FFN then run on the chosen tokens only, and the next layer sees only those.
 
 Invariants enforced here, whatever the selector returns:
-* CLS (the readout token) is in every set, and padding is in none;
+* the adapter's P prefix tokens (positions 0..P-1: CLS, a distillation token, registers; P = 1 for text)
+  are in every set S_0..S_{L-1}, and padding is in none;
 * sets are nested (a layer can only keep tokens it has);
-* the last layer computes the readout token only.
+* the last layer computes the readout tokens only (positions 0..R-1, the ones the head reads; CLS).
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from functools import cached_property
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from sttabt.adapters.base import EncoderAdapter
+from sttabt.adapters.lookup import adapter_for
 from sttabt.core.flops import CostReport, EncoderShape, encoder_cost
 from sttabt.core.tokens import CompactIndex, RowSelection, compact, expand, gather_tokens, relative_index
 from sttabt.errors import SttabtError
@@ -58,7 +61,7 @@ class TokenSelector:
 
     Planned methods override :meth:`input_mask` / :meth:`query_mask`; online methods override
     :meth:`wants_attention` and :meth:`after_attention`. All masks are ``(B, T)`` over original
-    positions; the runtime intersects them with what the layer has and adds CLS back.
+    positions; the runtime intersects them with what the layer has and adds the prefix tokens back.
     """
 
     name = "dense"
@@ -102,8 +105,9 @@ class TokenSelector:
         builds one from per-row scores). ``probs`` is ``(b, H, n_q, n_k)`` in the compact layouts
         ``view.queries`` / ``view.keys``. The
         runtime calls this once per *chunk of samples* (``view.samples``), so a decision must depend on
-        each sample alone, which batch invariance requires anyway. Also called for the last layer (whose
-        only query is CLS) when :meth:`wants_attention` says so; a selection returned there is ignored.
+        each sample alone, which batch invariance requires anyway. A selection keeps the P prefix rows
+        (the first P query rows). Also called for the last layer (whose only queries are the readout
+        tokens) when :meth:`wants_attention` says so; a selection returned there is ignored.
         """
         return None
 
@@ -234,25 +238,30 @@ def _merge_heads(ctx: torch.Tensor) -> torch.Tensor:
     return ctx.transpose(1, 2).reshape(batch, n, heads * head_dim)
 
 
-def _restrict(requested: torch.Tensor | None, available: torch.Tensor, readout: torch.Tensor, what: str):
-    """Intersect a selector's mask with what is available, refusing tokens that were already removed."""
+def _restrict(requested: torch.Tensor | None, available: torch.Tensor, pinned: torch.Tensor, what: str):
+    """Intersect a selector's mask with what is available, refusing tokens that were already removed;
+    the ``pinned`` tokens (the prefix) are added back."""
     if requested is None:
         return available
     requested = requested.bool()
     if bool((requested & ~available).any()):
         raise SttabtError(f"{what} asks for tokens that are not in the previous set (sets must be nested)")
-    return requested | readout
+    return requested | pinned
 
 
-def _check_plan(plan: TokenPlan, valid: torch.Tensor, readout: torch.Tensor, num_layers: int) -> None:
-    """One check of a whole plan (a single host sync): nested, no padding, CLS everywhere, S_L = readout."""
-    if len(plan.key_sets) != num_layers + 1 or len(plan.layouts) != num_layers + 1:
-        raise SttabtError(f"a token plan needs {num_layers + 1} sets (S_0..S_L), got {len(plan.key_sets)}")
+def _check_plan(
+    plan: TokenPlan, valid: torch.Tensor, readout: torch.Tensor, prefix: int, layers: int
+) -> None:
+    """One check of a whole plan (a single host sync): nested, no padding, the prefix in every set but
+    the last, S_L = readout."""
+    if len(plan.key_sets) != layers + 1 or len(plan.layouts) != layers + 1:
+        raise SttabtError(f"a token plan needs {layers + 1} sets (S_0..S_L), got {len(plan.key_sets)}")
     sets = torch.stack(plan.key_sets)  # (L+1, B, T)
-    broken = (sets[1:] & ~sets[:-1]).any() | (sets & ~valid).any() | ~sets[:, :, 0].all()
+    broken = (sets[1:] & ~sets[:-1]).any() | (sets & ~valid).any() | ~sets[:-1, :, :prefix].all()
     if bool(broken | (sets[-1] != readout).any()):
         raise SttabtError(
-            "a token plan must be nested, keep CLS, hold no padding and end with the readout token"
+            f"a token plan must be nested, keep CLS (the {prefix} prefix tokens), hold no padding and end "
+            "with the readout tokens"
         )
 
 
@@ -271,10 +280,12 @@ class SparseEncoder:
     streaming a ``(B, H, n, n)`` tensor through memory several times (and paying page faults for it).
     """
 
-    def __init__(self, adapter: EncoderAdapter, attention_chunk_elements: int = ATTENTION_CHUNK_ELEMENTS):
+    def __init__(
+        self, adapter: EncoderAdapter | nn.Module, attention_chunk_elements: int = ATTENTION_CHUNK_ELEMENTS
+    ):
         if attention_chunk_elements < 1:
             raise SttabtError(f"attention_chunk_elements must be positive, got {attention_chunk_elements}")
-        self.adapter = adapter
+        self.adapter = adapter_for(adapter)  # a model gets its adapter from the one lookup
         self.attention_chunk_elements = attention_chunk_elements
 
     def __call__(
@@ -288,19 +299,22 @@ class SparseEncoder:
         adapter = self.adapter
         hidden = adapter.embed(batch)
         valid = adapter.valid_mask(batch, hidden).bool()
-        if valid.dim() != 2 or not bool(valid[:, 0].all()):
-            raise SttabtError("every sample must have a real first token (CLS) and right padding")
-        readout = torch.zeros_like(valid)
-        readout[:, 0] = True
+        prefix = adapter.token_prefix
+        if valid.dim() != 2 or valid.shape[1] < prefix.count or not bool(valid[:, : prefix.count].all()):
+            raise SttabtError(
+                f"every sample must have real leading tokens (CLS, and all {prefix.count} prefix tokens) and "
+                "right padding"
+            )
+        readout, pinned = prefix.readout_mask(valid), prefix.mask(valid)
         real_lengths = valid.sum(dim=1)
 
         selector.prepare(batch, valid)
         plan = selector.plan()
         if plan is not None:
-            _check_plan(plan, valid, readout, adapter.num_layers)
+            _check_plan(plan, valid, readout, prefix.count, adapter.num_layers)
             key_mask, keys = plan.key_sets[0], plan.layouts[0]
         else:
-            key_mask = _restrict(selector.input_mask(valid), valid, readout, "input_mask") & valid
+            key_mask = _restrict(selector.input_mask(valid), valid, pinned, "input_mask") & valid
             keys = compact(key_mask)
         hidden = _take_prefix_or_gather(hidden, keys)
 
@@ -313,7 +327,9 @@ class SparseEncoder:
             if plan is not None:
                 query_mask, queries = plan.key_sets[layer + 1], plan.layouts[layer + 1]
             else:
-                query_mask, queries = self._planned_queries(selector, layer, last, key_mask, keys, readout)
+                query_mask, queries = self._planned_queries(
+                    selector, layer, last, key_mask, keys, readout, pinned
+                )
             if queries is keys:
                 query_hidden = hidden
             else:
@@ -330,7 +346,7 @@ class SparseEncoder:
                 view = LayerView(layer, valid, key_mask, query_mask, keys, queries)
                 online = selector if wants else None
                 ctx, out_mask, outputs, rel_o, maps = self._attend_with_probs(
-                    view, q, k, v, scale, drop, online, not last, readout, collect_attentions
+                    view, q, k, v, scale, drop, online, not last, (pinned, prefix.count), collect_attentions
                 )
                 if collect_attentions:
                     attentions.append(maps)
@@ -341,7 +357,7 @@ class SparseEncoder:
             key_mask, keys = out_mask, outputs
             key_sets.append(key_mask)
 
-        logits = adapter.head(hidden[:, :1])
+        logits = adapter.head(hidden[:, : prefix.readout])
         return SparseOutput(
             logits,
             key_sets,
@@ -361,6 +377,7 @@ class SparseEncoder:
         key_mask: torch.Tensor,
         keys: CompactIndex,
         readout: torch.Tensor,
+        pinned: torch.Tensor,
     ) -> tuple[torch.Tensor, CompactIndex]:
         """The query set of a layer from a selector without a plan (the last layer: the readout only)."""
         if last:
@@ -368,7 +385,7 @@ class SparseEncoder:
         planned = selector.query_mask(layer, key_mask)
         if planned is None:  # every current token is a query: no gather needed
             return key_mask, keys
-        query_mask = _restrict(planned, key_mask, readout, "query_mask")
+        query_mask = _restrict(planned, key_mask, pinned, "query_mask")
         return query_mask, compact(query_mask)
 
     def _attend_with_probs(
@@ -381,7 +398,7 @@ class SparseEncoder:
         dropout_p: float,
         selector: TokenSelector | None,
         prune: bool,
-        readout: torch.Tensor,
+        pinned: tuple[torch.Tensor, int],
         collect: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, CompactIndex, torch.Tensor | None, torch.Tensor | None]:
         """Attention through explicit probabilities, chunked over samples.
@@ -389,8 +406,10 @@ class SparseEncoder:
         Each chunk's selector decision is applied right away (A·V only for the rows it keeps), so no
         chunk's probabilities outlive its iteration. Returns the context, the output mask with its compact
         layout, the output rows' places among the query rows (``None`` when nothing was pruned: the
-        outputs are then the queries) and, if ``collect``, the dense ``(B, H, T, T)`` maps.
+        outputs are then the queries) and, if ``collect``, the dense ``(B, H, T, T)`` maps. ``pinned`` is
+        the prefix as a mask and as a count.
         """
+        pinned_mask, prefix = pinned
         batch, heads, n_q, _ = q.shape
         step = max(1, self.attention_chunk_elements // max(1, heads * n_q * k.shape[2]))
         length = view.valid.shape[1]
@@ -402,7 +421,9 @@ class SparseEncoder:
             if collect:
                 maps.append(_scatter_attention(probs, part, length))
             chosen = selector.after_attention(part, probs) if selector is not None else None
-            selection = _selected_rows(chosen, part, readout[rows]) if chosen is not None and prune else None
+            selection = None
+            if chosen is not None and prune:
+                selection = _selected_rows(chosen, part, pinned_mask[rows], prefix)
             if selection is not None:
                 probs = gather_head_rows(probs, selection[0])
             if dropout_p > 0:
@@ -432,18 +453,33 @@ class SparseEncoder:
 
 
 def _selected_rows(
-    chosen: torch.Tensor | RowSelection, view: LayerView, readout: torch.Tensor
+    chosen: torch.Tensor | RowSelection, view: LayerView, pinned: torch.Tensor, prefix: int
 ) -> tuple[torch.Tensor, CompactIndex, torch.Tensor]:
     """A selector's choice as (rows of the query layout, output layout, output mask), checked."""
     if isinstance(chosen, RowSelection):
-        if chosen.rows.shape[1] == 0 or bool(chosen.rows[:, 0].any()):
-            raise SttabtError("after_attention must keep row 0 (the readout token) of every sample")
+        _check_prefix_rows(chosen, prefix)
         positions = view.queries.positions.gather(1, chosen.rows)
         outputs = CompactIndex(torch.where(chosen.valid, positions, 0), chosen.valid)
         return chosen.rows, outputs, expand(outputs, view.valid.shape[1])
-    out_mask = _restrict(chosen, view.query_mask, readout, "after_attention")
+    out_mask = _restrict(chosen, view.query_mask, pinned, "after_attention")
     outputs = compact(out_mask)
     return relative_index(view.query_mask, outputs), outputs, out_mask
+
+
+def _check_prefix_rows(chosen: RowSelection, prefix: int) -> None:
+    """A row selection must keep rows 0..P-1 (the prefix: CLS first) of every sample."""
+    rows = chosen.rows
+    if prefix == 1:  # text and plain ViT: one check, as before the prefix was general
+        broken = rows.shape[1] == 0 or bool(rows[:, 0].any())
+    else:
+        leading = torch.arange(prefix, device=rows.device)
+        broken = rows.shape[1] < prefix or bool(
+            ((rows[:, :prefix] != leading) | ~chosen.valid[:, :prefix]).any()
+        )
+    if broken:
+        raise SttabtError(
+            f"after_attention must keep row 0 (the readout token) and all {prefix} prefix rows of each sample"
+        )
 
 
 def _all_rows(view: LayerView) -> tuple[torch.Tensor, CompactIndex, torch.Tensor]:

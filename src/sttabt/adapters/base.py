@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from sttabt.core.flops import EncoderShape
+from sttabt.core.tokens import TokenPrefix
 from sttabt.errors import SttabtError
 
 
@@ -24,6 +25,18 @@ class EncoderAdapter(ABC):
     #: The wrapped model (an ``nn.Module``); kept so callers can move it, train it or save it.
     model: nn.Module
     shape: EncoderShape
+    #: Leading tokens that are never pruned (positions 0..P-1): CLS, a distillation token, registers.
+    prefix_tokens: int = 1
+    #: Leading tokens the head reads (positions 0..R-1, R <= P): the last layer computes only these.
+    readout_tokens: int = 1
+    #: Whether a keep ratio k is a fraction of the non-prefix tokens (P + ceil(k·(n-P)) kept: images) or
+    #: of all tokens with the prefix counted in (ceil(k·n): the STTABT text convention).
+    keep_ratio_excludes_prefix: bool = False
+
+    @property
+    def token_prefix(self) -> TokenPrefix:
+        """The prefix policy that the runtime and every selector apply (a ``TokenPrefix``)."""
+        return TokenPrefix(self.prefix_tokens, self.readout_tokens, not self.keep_ratio_excludes_prefix)
 
     @property
     def num_layers(self) -> int:
@@ -72,7 +85,8 @@ class EncoderAdapter(ABC):
 
     @abstractmethod
     def head(self, readout_hidden: torch.Tensor) -> torch.Tensor:
-        """Class logits from the final hidden states of the readout tokens ``(B, R, d)`` (R = 1: CLS)."""
+        """Class logits from the final hidden states of the readout tokens ``(B, R, d)``, R =
+        :attr:`readout_tokens` (1: CLS)."""
 
     @property
     def device(self) -> torch.device:

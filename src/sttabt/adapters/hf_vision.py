@@ -1,15 +1,25 @@
-"""Adapter for Hugging Face ViT image classifiers (``ViTForImageClassification``), pre-LayerNorm blocks.
+"""Adapter for Hugging Face ViT and DeiT image classifiers, pre-LayerNorm blocks.
 
-A ViT block is ``h + attn(LN1(h))`` then ``x + MLP(LN2(x))``, so ``qkv`` normalises the key and query
-tokens with the block's ``layernorm_before`` before projecting, and ``finish`` adds the attention output
-to the (un-normalised) query tokens and runs the MLP branch. Every call is a submodule of the model with
-its own weights. The token sequence is ``[CLS, patch_1, ..., patch_N]``: no padding (every token is
-real), CLS at position 0 (kept by the runtime) and read by the head after the final LayerNorm.
+A ViT/DeiT block is ``h + attn(LN1(h))`` then ``x + MLP(LN2(x))``, so ``qkv`` normalises the key and
+query tokens with the block's ``layernorm_before`` before projecting, and ``finish`` adds the attention
+output to the (un-normalised) query tokens and runs the MLP branch. Every call is a submodule of the model
+with its own weights. No padding: every token of a fixed-size image is real.
 
-Supported: the transformers >= 5.24 layout (``vit.layers[i].attention.{q,k,v,o}_proj``, ``mlp``). DeiT
-classes are refused for now: their distillation token sits at position 1 and the runtime only pins
-position 0, so pruning could drop it. (DeiT *checkpoints* saved as ``ViTForImageClassification``, such as
-``facebook/deit-tiny-patch16-224``, have no distillation token and work.)
+Supported classes and their prefix tokens (never pruned; the readout is what the head reads):
+
+===========================================  =============================  ==========================
+class                                        prefix (positions)             readout
+===========================================  =============================  ==========================
+``ViTForImageClassification``                CLS (0)                        CLS
+``DeiTForImageClassification``               CLS (0), distillation (1)      CLS
+``DeiTForImageClassificationWithTeacher``    CLS (0), distillation (1)      both: the mean of the CLS
+                                                                            and distillation heads
+===========================================  =============================  ==========================
+
+A keep ratio k is a fraction of the patches: every layer keeps the prefix plus ceil(k·patches).
+
+Supported: the transformers >= 5.24 layout (``<base>.layers[i].attention.{q,k,v,o}_proj``, ``mlp``),
+which the ``vision`` extra requires; older layouts are refused in one line.
 """
 
 from __future__ import annotations
@@ -20,51 +30,50 @@ import torch
 from torch import nn
 
 from sttabt.adapters.base import EncoderAdapter
+from sttabt.adapters.pixels import checked_pixels
 from sttabt.core.flops import EncoderShape
 from sttabt.errors import SttabtError
 
+#: model_type -> (attribute of the base model, prefix tokens before the patches).
+BASES = {"vit": ("vit", 1), "deit": ("deit", 2)}
+
 
 class HFViTClassifierAdapter(EncoderAdapter):
-    """Drive a Hugging Face ``ViTForImageClassification`` layer by layer on ``{"pixel_values": ...}``."""
+    """Drive a Hugging Face ViT/DeiT image classifier layer by layer on ``{"pixel_values": ...}``."""
+
+    keep_ratio_excludes_prefix = True
 
     def __init__(self, model: nn.Module):
         config = getattr(model, "config", None)
         model_type = getattr(config, "model_type", None)
-        if model_type != "vit" or not hasattr(model, "classifier") or not hasattr(model, "vit"):
+        base_name, prefix = BASES.get(model_type, (None, 0))
+        self.heads = _head_modules(model)
+        if base_name is None or not hasattr(model, base_name) or self.heads is None:
             raise SttabtError(
-                f"unsupported model {type(model).__name__} (model_type={model_type!r}): expected a "
-                "ViTForImageClassification (DeiT classes and their distillation token are not supported yet)"
+                f"unsupported model {type(model).__name__} (model_type={model_type!r}): expected ViT"
+                "ForImageClassification, DeiTForImageClassification or DeiTForImageClassificationWithTeacher"
             )
         self.model = model
-        self.base = model.vit
+        self.base = getattr(model, base_name)
         self.layers = getattr(self.base, "layers", None)
         if self.layers is None or not hasattr(self.layers[0].attention, "q_proj"):
             raise SttabtError(
-                "this transformers' ViT layout (vit.encoder.layer[i].attention.attention) is not supported; "
-                "use transformers >= 5.24"
+                f"this transformers' {type(model).__name__} layout (encoder.layer[i].attention.attention) is "
+                "not supported; use transformers >= 5.24 (pip install 'sttabt[vision]')"
             )
-        d = config.hidden_size
-        patch = self.base.embeddings.patch_embeddings.projection
-        self.shape = EncoderShape(
-            num_layers=config.num_hidden_layers,
-            hidden_size=d,
-            intermediate_size=config.intermediate_size,
-            num_heads=config.num_attention_heads,
-            head_macs=d * int(config.num_labels),
-            # The patch projection, counted per token (CLS included: a small over-count of one patch).
-            embedding_macs_per_token=patch.in_channels * patch.kernel_size[0] * patch.kernel_size[1] * d,
-            embedding_layernorm=False,
-        )
+        self.prefix_tokens = prefix
+        self.readout_tokens = len(self.heads)
+        self.shape = _shape(config, self.base, len(self.heads))
 
     # -- embeddings ---------------------------------------------------------------------------------------
     def embed(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        if "pixel_values" not in batch:
-            raise SttabtError("a vision batch needs pixel_values")
-        weight = self.base.embeddings.patch_embeddings.projection.weight
-        return self.base.embeddings(batch["pixel_values"].to(weight.dtype))
+        patches = self.base.embeddings.patch_embeddings
+        size = _pair(patches.image_size)
+        pixels = checked_pixels(batch, patches.num_channels, size, patches.projection.weight.dtype)
+        return self.base.embeddings(pixels)
 
     def valid_mask(self, batch: Mapping[str, torch.Tensor], hidden: torch.Tensor) -> torch.Tensor:
-        """Every token of a fixed-size image is real: CLS and all patches."""
+        """Every token of a fixed-size image is real: the prefix and all patches."""
         return torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
 
     # -- one layer ----------------------------------------------------------------------------------------
@@ -95,4 +104,36 @@ class HFViTClassifierAdapter(EncoderAdapter):
 
     # -- head ---------------------------------------------------------------------------------------------
     def head(self, readout_hidden: torch.Tensor) -> torch.Tensor:
-        return self.model.classifier(self.base.layernorm(readout_hidden)[:, 0])
+        """The classifier on CLS, or (WithTeacher) the mean of the CLS and distillation classifiers."""
+        normed = self.base.layernorm(readout_hidden)
+        logits = [classifier(normed[:, i]) for i, classifier in enumerate(self.heads)]
+        return logits[0] if len(logits) == 1 else (logits[0] + logits[1]) / 2
+
+
+def _head_modules(model: nn.Module) -> list[nn.Module] | None:
+    """The classifiers in readout order: ``[classifier]`` or ``[cls_classifier, distillation_classifier]``."""
+    if hasattr(model, "cls_classifier") and hasattr(model, "distillation_classifier"):
+        return [model.cls_classifier, model.distillation_classifier]
+    classifier = getattr(model, "classifier", None)
+    return [classifier] if isinstance(classifier, nn.Module) else None
+
+
+def _pair(size) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def _shape(config, base: nn.Module, readout: int) -> EncoderShape:
+    """Cost sizes: the patch projection is counted once per patch, each head once per readout token."""
+    d = config.hidden_size
+    embeddings = base.embeddings.patch_embeddings
+    patch = embeddings.projection
+    per_patch = patch.in_channels * patch.kernel_size[0] * patch.kernel_size[1] * d
+    return EncoderShape(
+        num_layers=config.num_hidden_layers,
+        hidden_size=d,
+        intermediate_size=config.intermediate_size,
+        num_heads=config.num_attention_heads,
+        head_macs=readout * d * int(config.num_labels),
+        embedding_macs_fixed=per_patch * int(embeddings.num_patches),
+        embedding_layernorm=False,
+    )

@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 
 from sttabt.core.flops import SOFTMAX_FLOPS
-from sttabt.core.tokens import CompactIndex, compact, gather_tokens, keep_counts_per_layer, topk_mask
+from sttabt.core.tokens import CompactIndex, TokenPrefix, compact, gather_tokens, topk_mask
 
 Reduction = Literal["mean", "max"]
 KeepSpec = float | Sequence[float] | Literal["dynamic"]
@@ -147,6 +147,7 @@ def backtrack_rows(
     num_layers: int,
     *,
     readout: torch.Tensor | None = None,
+    prefix: TokenPrefix | None = None,
     p: float = 0.1,
     head_reduction: Reduction = "mean",
     token_reduction: Reduction = "mean",
@@ -162,7 +163,10 @@ def backtrack_rows(
             size the chunks of samples scored at once (``chunk_elements`` elements at most).
         valid: ``(B, T)`` bool, real (non-padding) tokens.
         keep: ratio of each sample's real length kept per layer, a list of L ratios, or ``"dynamic"``.
-        readout: ``(B, T)`` bool seed S_L; defaults to CLS (position 0).
+        readout: ``(B, T)`` bool seed S_L; defaults to the prefix's readout positions (CLS: position 0;
+            CLS and the distillation token for a head that averages both).
+        prefix: the tokens every S_0..S_{L-1} keeps and how a keep ratio counts them (default: CLS,
+            counted in the budget, the text convention); top-k ranks only :meth:`TokenPrefix.ranked`.
         p: impact mixing constant (0.1 in the paper).
         union: keep ``S_l = TopK ∪ S_{l+1}`` (Pitfall R3); turning it off is only for ablations and
             breaks nesting, so the sparse runtime refuses such sets.
@@ -172,14 +176,20 @@ def backtrack_rows(
     ratios = per_layer_keep(keep, num_layers)
     valid = valid.bool()
     length = valid.shape[1]
+    prefix = prefix or TokenPrefix()
     if readout is None:
-        readout = torch.zeros_like(valid)
-        readout[:, 0] = True
+        readout = prefix.readout_mask(valid)
     needed = readout & valid
     layout = compact(needed)
     step = _Step(needed, layout, layout.valid.float() / _rows_of(layout))
-    counts = None if ratios == "dynamic" else keep_counts_per_layer(ratios, valid.sum(dim=1), ratio_lengths)
+    counts = None if ratios == "dynamic" else prefix.ranked_counts(ratios, valid.sum(dim=1), ratio_lengths)
     no_padding = bool(valid.all())  # asked once: then nothing needs masking
+    ranked = prefix.ranked(valid)
+    # Prefix tokens outside the ranking (or outside the readout seed, which the union carries down) are
+    # added to every set explicitly; for text (CLS = the seed, ranked with the rest) nothing is.
+    explicit = prefix.count > prefix.readout or not prefix.in_budget
+    pinned = prefix.mask(valid) & valid if explicit else None
+    all_ranked = no_padding and prefix.in_budget
 
     sets, layouts, scores = [needed], [layout], []
     reductions = (head_reduction, token_reduction)
@@ -188,8 +198,10 @@ def backtrack_rows(
         score = _layer_scores(rows, layer, step, p, reductions, per_chunk, length)
         if not no_padding:
             score = score.masked_fill(~valid, 0.0)
-        count = dynamic_counts(score, valid) if counts is None else counts[layer]
-        chosen = topk_mask(score, valid, count, all_eligible=no_padding)
+        count = dynamic_counts(score, ranked) if counts is None else counts[layer]
+        chosen = topk_mask(score, ranked, count, all_eligible=all_ranked)
+        if pinned is not None:
+            chosen = chosen | pinned
         current = (chosen | step.needed) if union else chosen
         layout = compact(current)
         step = _Step(current, layout, _impacts(score, layout))
@@ -268,6 +280,7 @@ def backtrack(
     keep: KeepSpec,
     *,
     readout: torch.Tensor | None = None,
+    prefix: TokenPrefix | None = None,
     p: float = 0.1,
     head_reduction: Reduction = "mean",
     token_reduction: Reduction = "mean",
@@ -279,7 +292,7 @@ def backtrack(
     """
     heads = attentions[0].shape[1] if len(attentions) else 1
     return backtrack_rows(
-        rows_of_maps(attentions), valid, keep, len(attentions), readout=readout, p=p,
+        rows_of_maps(attentions), valid, keep, len(attentions), readout=readout, prefix=prefix, p=p,
         head_reduction=head_reduction, token_reduction=token_reduction, union=union, heads=heads,
     )  # fmt: skip
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sttabt.core.tokens import TokenPrefix
+
 EPS = 1e-7
 TEMPERATURE = 0.1
 FLOOR = 0.01
@@ -132,22 +134,27 @@ def concrete_masks(
     temperature: float = TEMPERATURE,
     heads: int = 1,
     chunk_elements: int = ROW_CHUNK_ELEMENTS,
+    prefix: TokenPrefix | None = None,
 ) -> ConcreteMasks:
     """Build M_L … M_0 from the top down (steps 1-5 above); differentiable in the logits and ``p_logits``.
 
     ``p_logits`` holds one entry per layer; ``heads`` only sizes the chunks of samples scored at once
     (``chunk_elements`` logits at most), which bounds memory at inference. [spec] The gate is multiplied
     by a(j), so a padded position is never kept (the reference's gate would let one through only for
-    p_logit > ~16).
+    p_logit > ~16). ``prefix`` (default: CLS): M_L = c_L = the readout positions, and the prefix
+    positions are held at 1 in every M_l (l < L), so that no selection can drop them.
     """
     source = logits if callable(logits) else logits_of_maps(logits)
     valid = valid.bool()
     batch, length = valid.shape
     num_layers = int(p_logits.shape[0])
     real = valid.to(p_logits.dtype if p_logits.is_floating_point() else torch.float32)
+    prefix = prefix or TokenPrefix()
     upper = torch.zeros_like(real)
-    upper[:, 0] = 1.0  # M_L = onehot(CLS)
-    impact = upper.clone()  # c_L = onehot(CLS)
+    upper[:, : prefix.readout] = 1.0  # M_L = the readout (onehot(CLS))
+    impact = upper.clone()  # c_L = the readout
+    # Prefix tokens beyond the readout are held at 1 below the top (the union carries the readout down).
+    extra = prefix.mask(valid) & ~prefix.readout_mask(valid) if prefix.count > prefix.readout else None
     masks, gates, scores = [upper], [], []
     chunks = _sample_chunks(valid, max(1, chunk_elements // max(1, heads * length * length)))
     for layer in range(num_layers - 1, -1, -1):
@@ -163,6 +170,8 @@ def concrete_masks(
         impact = floored_scores(r, valid)
         gate = concrete_gate(impact, p_logits[layer], temperature) * real
         upper = torch.maximum(gate, upper)
+        if extra is not None:
+            upper = upper.masked_fill(extra, 1.0)
         masks.append(upper)
         gates.append(gate)
         scores.append(impact)

@@ -37,6 +37,7 @@ class EncoderShape:
     num_heads: int
     head_macs: int = 0  # pooler + classifier for one readout token
     embedding_macs_per_token: int = 0  # e.g. ELECTRA's projection from embedding_size to hidden_size
+    embedding_macs_fixed: int = 0  # per sample, whatever the tokens: e.g. a ViT's patch projection
     layernorms_per_layer: int = 2
     embedding_layernorm: bool = True
 
@@ -103,6 +104,8 @@ def encoder_cost(
         raise ValueError(f"counts must be (batch, {shape.num_layers}, 3), got {tuple(counts.shape)}")
     macs, elementwise = layer_costs(shape, counts)
     total_macs = macs.sum(dim=1) + shape.head_macs + shape.embedding_macs_per_token * real_lengths.double()
+    if shape.embedding_macs_fixed:
+        total_macs = total_macs + shape.embedding_macs_fixed
     total_elem = elementwise.sum(dim=1)
     if shape.embedding_layernorm:
         total_elem = total_elem + LAYERNORM_FLOPS * real_lengths.double() * shape.hidden_size

@@ -46,20 +46,24 @@ def received_attention(
     return torch.bmm(rows.unsqueeze(1), per_row).squeeze(1) / (probs.shape[1] * length)
 
 
-def hard_keep(scores: torch.Tensor, threshold: torch.Tensor | float, alive: torch.Tensor) -> torch.Tensor:
-    """The tokens that continue ``(b, n)``: alive and s ≥ θ (prune iff s < θ), with CLS (index 0) kept."""
+def hard_keep(
+    scores: torch.Tensor, threshold: torch.Tensor | float, alive: torch.Tensor, prefix: int = 1
+) -> torch.Tensor:
+    """The tokens that continue ``(b, n)``: alive and s ≥ θ (prune iff s < θ), with the ``prefix``
+    leading tokens (CLS, index 0; for images also a distillation token or registers) kept."""
     keep = (scores >= threshold) & alive
-    keep[:, 0] = True
+    keep[:, :prefix] = True
     return keep
 
 
 def soft_keep(
-    scores: torch.Tensor, threshold: torch.Tensor, temperature: float, valid: torch.Tensor
+    scores: torch.Tensor, threshold: torch.Tensor, temperature: float, valid: torch.Tensor, prefix: int = 1
 ) -> torch.Tensor:
-    """m = σ((s - θ)/T_temp) on real tokens, 0 on padding; [spec] CLS fixed at 1, as it is always kept."""
+    """m = σ((s - θ)/T_temp) on real tokens, 0 on padding; [spec] the ``prefix`` leading tokens (CLS)
+    fixed at 1, as they are always kept."""
     mask = torch.sigmoid((scores - threshold) / temperature) * valid.to(scores.dtype)
     cls = torch.zeros_like(mask)
-    cls[:, 0] = 1.0
+    cls[:, :prefix] = 1.0
     return torch.maximum(mask, cls)
 
 

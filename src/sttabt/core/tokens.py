@@ -7,8 +7,9 @@ A batch of token sets is kept two ways, because each suits a different job:
 * a *compact index* ``positions (B, m)`` with ``valid (B, m)``: the sorted original positions of each
   sample's members, padded to the batch maximum ``m``. This is what the runtime gathers with.
 
-Sets are always sorted by original position, so position 0 (CLS) is at compact index 0 whenever kept.
-Nothing here knows about Hugging Face or timm.
+Sets are always sorted by original position, so position 0 (CLS) is at compact index 0 whenever kept, and
+the P prefix tokens of a backbone (:class:`TokenPrefix`: CLS, a distillation token, registers) are at
+compact indices 0..P-1 of every set. Nothing here knows about Hugging Face or timm.
 """
 
 from __future__ import annotations
@@ -144,12 +145,73 @@ def keep_counts_per_layer(
 
 
 @dataclass(frozen=True)
+class TokenPrefix:
+    """The leading positions 0..count-1 that every set keeps, and how a keep ratio counts them.
+
+    Backbones put their non-prunable tokens first: CLS (text and vision), then e.g. a distillation token
+    or registers. They are in every set S_0..S_{L-1}; the last set S_L holds the ``readout`` positions
+    0..R-1 the head reads (R <= count: CLS, or CLS and the distillation token). Selectors rank only the
+    other tokens. ``in_budget`` says how a keep ratio k counts the prefix: ``True`` keeps ceil(k·n) tokens
+    with the prefix among them (the STTABT text convention: CLS counts towards the budget); ``False``
+    keeps the prefix plus ceil(k·(n-P)) of the others (k is a fraction of the patches, as in DynamicViT).
+    """
+
+    count: int = 1
+    readout: int = 1
+    in_budget: bool = True
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.readout <= self.count:
+            raise ValueError(f"need 1 <= readout ({self.readout}) <= prefix tokens ({self.count})")
+
+    def mask(self, valid: torch.Tensor) -> torch.Tensor:
+        """``(B, T)`` bool: the prefix positions (of the shape and device of ``valid``)."""
+        return _leading(valid, self.count)
+
+    def readout_mask(self, valid: torch.Tensor) -> torch.Tensor:
+        """``(B, T)`` bool: the positions the head reads, S_L."""
+        return _leading(valid, self.readout)
+
+    def ranked(self, valid: torch.Tensor) -> torch.Tensor:
+        """The tokens a keep budget ranks: every real token, or the real non-prefix ones."""
+        return valid if self.in_budget else valid & ~self.mask(valid)
+
+    def ranked_counts(
+        self, ratios: list[float], real_lengths: torch.Tensor, ratio_lengths: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(L, B)``: how many of the :meth:`ranked` tokens a ratio per layer keeps (before the union
+        with the prefix); ``ratio_lengths``: see :func:`keep_counts_per_layer`."""
+        if self.in_budget:
+            return keep_counts_per_layer(ratios, real_lengths, ratio_lengths)
+        lengths = None if ratio_lengths is None else ratio_lengths - self.count
+        return keep_counts_per_layer(ratios, real_lengths - self.count, lengths)
+
+    def total_counts(
+        self, ratios: list[float], real_lengths: torch.Tensor, ratio_lengths: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(L, B)``: the tokens kept per layer, prefix included (at least the prefix, at most n)."""
+        counts = self.ranked_counts(ratios, real_lengths, ratio_lengths)
+        if not self.in_budget:
+            counts = counts + self.count
+        if self.count > 1 or not self.in_budget:  # a lone in-budget CLS: already within [1, n]
+            counts = counts.clamp(min=self.count).minimum(real_lengths.long().unsqueeze(0))
+        return counts
+
+
+def _leading(like: torch.Tensor, count: int) -> torch.Tensor:
+    mask = torch.zeros(like.shape, dtype=torch.bool, device=like.device)
+    mask[:, :count] = True
+    return mask
+
+
+@dataclass(frozen=True)
 class RowSelection:
     """Kept rows of a compact layout: ``rows (B, m)`` ascending indices into it, ``valid (B, m)``.
 
     The compact counterpart of a membership mask, for online decisions made on a layer's compact rows:
-    the runtime gathers with ``rows`` directly, with no round trip through ``(B, T)`` masks. Row 0 (CLS)
-    must be kept (the first entry of every sample, valid); padding entries hold 0.
+    the runtime gathers with ``rows`` directly, with no round trip through ``(B, T)`` masks. Rows 0..P-1
+    (the prefix, CLS first) must be kept (the first P entries of every sample, valid); padding entries
+    hold 0.
     """
 
     rows: torch.Tensor  # (B, m) long

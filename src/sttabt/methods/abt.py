@@ -29,7 +29,7 @@ from sttabt.core.backtrack import (
     per_layer_keep,
 )
 from sttabt.core.flops import EncoderShape, dense_counts, encoder_cost
-from sttabt.core.tokens import CompactIndex, relative_index
+from sttabt.core.tokens import CompactIndex, TokenPrefix, relative_index
 from sttabt.errors import SttabtError
 from sttabt.methods.registry import MethodOptions, register_method
 from sttabt.runtime import (
@@ -110,6 +110,7 @@ class BacktrackSelector(TokenSelector):
         head_reduction: str = "mean",
         token_reduction: str = "mean",
         count_predictor: bool = True,
+        prefix: TokenPrefix | None = None,
     ):
         for label, value in (("head reduction", head_reduction), ("token reduction", token_reduction)):
             if value not in ("mean", "max"):
@@ -129,6 +130,7 @@ class BacktrackSelector(TokenSelector):
         self.head_reduction = head_reduction
         self.token_reduction = token_reduction
         self.count_predictor = count_predictor
+        self.prefix = prefix or TokenPrefix()
         self.result: BacktrackResult | None = None
         self._overhead = None
 
@@ -139,7 +141,8 @@ class BacktrackSelector(TokenSelector):
         scales = [adapter.attention_scale(layer) for layer in range(self.num_layers)]
         rows = rows_on_demand(recorder.records, scales, valid.shape[1])
         self.result = backtrack_rows(
-            rows, valid, self.keep, self.num_layers, p=self.p, head_reduction=self.head_reduction,
+            rows, valid, self.keep, self.num_layers, prefix=self.prefix, p=self.p,
+            head_reduction=self.head_reduction,
             token_reduction=self.token_reduction, heads=adapter.num_heads,
             ratio_lengths=batch.get(RATIO_LENGTHS),
         )  # fmt: skip
@@ -180,6 +183,7 @@ def _backtrack_selector(
         head_reduction=options.head_reduction,
         token_reduction=options.token_reduction,
         count_predictor=count_predictor,
+        prefix=adapter.token_prefix,
     )
 
 

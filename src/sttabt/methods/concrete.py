@@ -28,7 +28,7 @@ from torch import nn
 from sttabt.adapters.base import EncoderAdapter
 from sttabt.core import concrete as core
 from sttabt.core.concrete import ConcreteMasks, LogitRows
-from sttabt.core.tokens import compact
+from sttabt.core.tokens import TokenPrefix, compact
 from sttabt.errors import SttabtError
 from sttabt.methods.abt import QueryKeyRecorder, QueryKeys, predictor_cost
 from sttabt.methods.registry import MethodOptions, register_method
@@ -147,16 +147,20 @@ def predict_masks(
     *,
     p: float = core.MIX,
     temperature: float = core.TEMPERATURE,
+    valid: torch.Tensor | None = None,
+    prefix: TokenPrefix | None = None,
 ) -> ConcreteMasks:
-    """One dense ApproxNet pass, then the soft masks; differentiable when grad is on (training)."""
+    """One dense ApproxNet pass, then the soft masks; differentiable when grad is on (training).
+
+    ``valid`` defaults to the batch's ``attention_mask``; ``prefix`` (default: CLS) is the model's."""
     recorder = QueryKeyRecorder()
     predictor(batch, recorder)
     adapter = predictor.adapter
     scales = [adapter.attention_scale(layer) for layer in range(adapter.num_layers)]
-    valid = batch["attention_mask"].bool()
+    valid = batch["attention_mask"].bool() if valid is None else valid.bool()
     return core.concrete_masks(
         recorded_logits(recorder.records, scales), valid, p_logits.to(valid.device),
-        p=p, temperature=temperature, heads=adapter.num_heads,
+        p=p, temperature=temperature, heads=adapter.num_heads, prefix=prefix,
     )  # fmt: skip
 
 
@@ -173,6 +177,7 @@ class ConcreteSelector(TokenSelector):
         *,
         p: float = core.MIX,
         temperature: float = core.TEMPERATURE,
+        prefix: TokenPrefix | None = None,
     ):
         if predictor.adapter.num_layers != num_layers or tuple(p_logits.shape) != (num_layers,):
             raise SttabtError(
@@ -183,14 +188,16 @@ class ConcreteSelector(TokenSelector):
         self.p_logits = p_logits.detach().float()
         self.p = p
         self.temperature = temperature
+        self.prefix = prefix or TokenPrefix()
         self.masks: ConcreteMasks | None = None
         self._sets: list[torch.Tensor] = []
         self._overhead = None
 
     def prepare(self, batch: Mapping[str, torch.Tensor], valid: torch.Tensor) -> None:
         self.masks = predict_masks(
-            self.predictor, batch, self.p_logits, p=self.p, temperature=self.temperature
-        )
+            self.predictor, batch, self.p_logits, p=self.p, temperature=self.temperature, valid=valid,
+            prefix=self.prefix,
+        )  # fmt: skip
         self._sets = self.masks.hard()
         self._overhead = functools.partial(self._cost, valid.sum(dim=1))
 
@@ -206,7 +213,7 @@ class ConcreteSelector(TokenSelector):
         On the device of the run's counts, with which :attr:`SparseOutput.cost` adds them up."""
         shape = self.predictor.adapter.shape
         rows = real.view(-1, 1).repeat(1, shape.num_layers)
-        rows[:, -1] = 1  # the top layer reads the CLS row only
+        rows[:, -1] = self.prefix.readout  # the top layer reads the readout rows only (CLS)
         macs = (rows * real.unsqueeze(1)).sum(dim=1).double() * shape.hidden_size
         flops = core.construction_flops(shape.num_heads, real, rows)
         cost = predictor_cost(shape, real)
@@ -240,7 +247,7 @@ def masked_forward(
         batch_size, heads, length, head_dim = context.shape
         context = context.transpose(1, 2).reshape(batch_size, length, heads * head_dim)
         hidden = adapter.finish_masked(layer, context, hidden, queries)
-    return adapter.head(hidden[:, :1])
+    return adapter.head(hidden[:, : adapter.readout_tokens])
 
 
 @dataclass
@@ -319,5 +326,6 @@ def build_concrete(adapter: EncoderAdapter, options: MethodOptions) -> TokenSele
     temperature = (extra.get("method_config") or {}).get("temperature", core.TEMPERATURE)
     approx = approx.to(adapter.device).eval()
     return ConcreteSelector(
-        SparseEncoder(approx.adapter), p_logits, adapter.num_layers, p=options.p, temperature=temperature
-    )
+        SparseEncoder(approx.adapter), p_logits, adapter.num_layers, p=options.p, temperature=temperature,
+        prefix=adapter.token_prefix,
+    )  # fmt: skip

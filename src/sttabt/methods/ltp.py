@@ -120,10 +120,13 @@ class LTPSelector(TokenSelector):
 
     name = "ltp"
 
-    def __init__(self, thresholds: torch.Tensor, num_heads: int, score_length: int = core.SCORE_LENGTH):
+    def __init__(
+        self, thresholds: torch.Tensor, num_heads: int, score_length: int = core.SCORE_LENGTH, prefix: int = 1
+    ):
         self.thresholds = [float(t) for t in thresholds]
         self.num_heads = num_heads
         self.score_length = score_length
+        self.prefix = prefix  # leading tokens always kept (CLS; more for some image backbones)
         layers = core.pruning_layers(len(self.thresholds))
         # A threshold <= 0 prunes nothing (scores are >= 0): such a layer runs fused attention.
         self.scored = [layer for layer in layers if self.thresholds[layer] > 0]
@@ -137,7 +140,7 @@ class LTPSelector(TokenSelector):
                 "LTP scores the attention of all current tokens; it cannot follow planned queries"
             )
         scores = core.received_attention(probs, view.queries.valid, self.score_length)
-        keep = core.hard_keep(scores, self.thresholds[view.layer], view.keys.valid)
+        keep = core.hard_keep(scores, self.thresholds[view.layer], view.keys.valid, self.prefix)
         kept = compact(keep)  # the kept compact rows, ascending: a row selection
         return RowSelection(rows=kept.positions, valid=kept.valid)
 
@@ -169,9 +172,10 @@ def ltp_masked_forward(
     Soft: the mask multiplies the whole output of each pruning layer; only padding is masked in attention.
     Hard: pruned tokens are masked as keys and ignored as score rows in all later layers (the cascade).
     """
-    valid = batch["attention_mask"].bool()
-    alive = valid
     hidden = adapter.embed(batch)
+    valid = adapter.valid_mask(batch, hidden).bool()
+    alive = valid
+    prefix = adapter.prefix_tokens
     run = LTPRun(logits=hidden.new_zeros(0))
     pruning = set(core.pruning_layers(adapter.num_layers))
     for layer in range(adapter.num_layers):
@@ -187,15 +191,15 @@ def ltp_masked_forward(
         if layer in pruning:
             scores = core.received_attention(probs, alive, score_length)
             if hard:
-                alive = core.hard_keep(scores, thresholds[layer], alive)
+                alive = core.hard_keep(scores, thresholds[layer], alive, prefix)
                 run.masks.append(alive.to(scores.dtype))
             else:
-                mask = core.soft_keep(scores, thresholds[layer], temperature, valid)
+                mask = core.soft_keep(scores, thresholds[layer], temperature, valid, prefix)
                 output = output * mask.unsqueeze(-1).to(output.dtype)
                 run.masks.append(mask)
         run.kept.append(alive)
         hidden = output
-    run.logits = adapter.head(hidden[:, :1])
+    run.logits = adapter.head(hidden[:, : adapter.readout_tokens])
     return run
 
 
@@ -225,4 +229,5 @@ def build_ltp(adapter: EncoderAdapter, options: MethodOptions) -> TokenSelector:
     saved_length = (extra.get("method_config") or {}).get("score_length", core.SCORE_LENGTH)
     length = extra.get("score_length", saved_length)
     LTPConfig(score_length=length).validate()
-    return LTPSelector(_thresholds(extra, adapter.num_layers), adapter.num_heads, length)
+    thresholds = _thresholds(extra, adapter.num_layers)
+    return LTPSelector(thresholds, adapter.num_heads, length, adapter.prefix_tokens)

@@ -6,8 +6,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from torch import nn
+
 from sttabt import validate
 from sttabt.adapters.base import EncoderAdapter
+from sttabt.adapters.lookup import adapter_for
 from sttabt.errors import SttabtError
 from sttabt.runtime import TokenSelector
 
@@ -118,9 +121,13 @@ def unused_options(spec: MethodSpec, options: MethodOptions) -> list[str]:
     ]
 
 
-def build_selector(name: str, adapter: EncoderAdapter, options: MethodOptions | None = None) -> TokenSelector:
+def build_selector(
+    name: str, adapter: EncoderAdapter | nn.Module, options: MethodOptions | None = None
+) -> TokenSelector:
+    """The selector of method ``name`` for ``adapter`` (or a model, whose adapter the lookup finds)."""
     options = options or MethodOptions()
-    return validate_method(name, options).factory(adapter, options)
+    spec = validate_method(name, options)
+    return spec.factory(adapter_for(adapter), options)
 
 
 def parse_keep(text: str | None) -> float | list[float] | str | None:

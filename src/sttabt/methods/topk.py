@@ -2,14 +2,16 @@
 
 After layer l's attention over its current tokens, each key is scored by its attention averaged over
 heads and then over the current query rows; the top ⌈k_l·n⌉ continue to the attention-output projection,
-the FFN and the next layer (n = the example's real length).
+the FFN and the next layer (n = the example's real length). The backbone's prefix tokens (CLS; for
+images also a distillation token or registers) always continue; whether they count towards the ⌈k_l·n⌉
+or come on top of ⌈k_l·(n-P)⌉ patches is the adapter's :class:`~sttabt.core.tokens.TokenPrefix`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from sttabt.core.tokens import RowSelection, keep_counts_per_layer, scatter_scores, top_rows, topk_mask
+from sttabt.core.tokens import RowSelection, TokenPrefix, scatter_scores, top_rows, topk_mask
 from sttabt.errors import SttabtError
 from sttabt.methods.registry import MethodOptions, register_method
 from sttabt.runtime import RATIO_LENGTHS, LayerView, TokenSelector
@@ -49,13 +51,14 @@ def mean_attention_received(probs: torch.Tensor, query_valid: torch.Tensor) -> t
 class TopKSelector(TokenSelector):
     name = "topk"
 
-    def __init__(self, ratios: list[float], num_heads: int):
+    def __init__(self, ratios: list[float], num_heads: int, prefix: TokenPrefix | None = None):
         self.ratios = ratios
         self.num_heads = num_heads
+        self.prefix = prefix or TokenPrefix()
 
     def prepare(self, batch, valid: torch.Tensor) -> None:
         lengths = batch.get(RATIO_LENGTHS)
-        self._counts = keep_counts_per_layer(self.ratios, valid.sum(dim=1), lengths)  # (L, B)
+        self._counts = self.prefix.total_counts(self.ratios, valid.sum(dim=1), lengths)  # (L, B), prefix in
         # One sample: every layer's count as a plain int (one host sync here instead of one per layer).
         self._single = self._counts[:, 0].tolist() if valid.shape[0] == 1 else None
 
@@ -64,7 +67,8 @@ class TopKSelector(TokenSelector):
 
     def after_attention(self, view: LayerView, probs: torch.Tensor) -> RowSelection | torch.Tensor:
         per_key = mean_attention_received(probs, view.queries.valid)
-        per_key[:, 0] = float("inf")  # CLS (compact key 0) is always kept and counts towards the budget
+        # The prefix (compact keys 0..P-1, CLS first) is always kept; the counts include it.
+        per_key[:, : self.prefix.count] = float("inf")
         counts = self._counts[view.layer][view.samples]
         if view.queries is view.keys:  # every current token is a query: rank the compact rows directly
             if self._single is not None:
@@ -96,4 +100,4 @@ def build_topk(adapter, options: MethodOptions) -> TokenSelector:
         ratios = [float(keep)] * layers
     else:
         raise SttabtError(f"unknown top-k schedule {options.schedule!r}; choose constant or reference")
-    return TopKSelector(ratios, adapter.num_heads)
+    return TopKSelector(ratios, adapter.num_heads, adapter.token_prefix)
