@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from cli_checks import one_line_error, run_cli
 from tiny_task import tiny_approx_dir, tiny_classifier, tiny_sst2
 
@@ -15,14 +14,6 @@ from sttabt import grid
 from sttabt.cli import main
 from sttabt.errors import SttabtError
 from sttabt.grid import GridPoint, cheapest_within, load_grid_config, pareto
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

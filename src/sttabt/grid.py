@@ -21,13 +21,14 @@ import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sttabt import validate
 from sttabt.errors import SttabtError
 from sttabt.protocol import check_protocol
+from sttabt.sweep import primary_metric
 from sttabt.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -378,7 +379,7 @@ class _PointRunner:
         if report is None:
             report = self.evaluate(point)
         if self.config.latency is not None and "latency" not in report:
-            report["latency"] = self.time(point, report)
+            report["latency"] = self.time(point)
             atomic_write_json(self.path(point), report)
         return report
 
@@ -446,7 +447,7 @@ class _PointRunner:
         train_learned(wanted)
         return directory
 
-    def time(self, point: GridPoint, report: dict[str, Any]) -> dict[str, Any]:
+    def time(self, point: GridPoint) -> dict[str, Any]:
         from sttabt.latency import time_on_examples
 
         model, options = self.model_and_options(point)
@@ -480,14 +481,6 @@ def point_row(point: GridPoint, report: dict[str, Any]) -> dict[str, Any]:
         row[f"ms_{key}"] = entry["method_ms_per_example"]
         row[f"speedup_{key}"] = entry["speedup"]
     return row
-
-
-def primary_metric(metrics: dict[str, float]) -> tuple[str, float]:
-    for name in ("accuracy", "matthews", "pearson", "f1"):
-        if name in metrics:
-            return name, metrics[name]
-    name = next(iter(metrics))
-    return name, metrics[name]
 
 
 # -- tables and plots ---------------------------------------------------------------------------------------
@@ -630,8 +623,3 @@ def plot_against(
         fig.savefig(tmp, format=fmt)
         tmp.replace(target)
     plt.close(fig)
-
-
-def with_overrides(config: GridConfig, **changes: Any) -> GridConfig:
-    """A copy with some settings changed (tests, the demo)."""
-    return replace(config, **changes)

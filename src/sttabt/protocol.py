@@ -16,7 +16,6 @@ paper's protocol defines a keep ratio for).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -117,8 +116,3 @@ def _cost(method: str, selector: Any, shape: EncoderShape, counts: torch.Tensor,
             cost = predictor_cost(predictor, padded)
             macs, flops = macs + cost.macs, flops + cost.flops - 2 * cost.macs
     return encoder_cost(shape, counts, padded, macs, flops)
-
-
-def ceil_count(keep: float, length: int) -> int:
-    """``ceil(k·T)``, the reference's count for one layer (exposed for tests and docs)."""
-    return min(length, max(1, math.ceil(keep * length - 1e-9)))

@@ -212,7 +212,8 @@ def _settings_line(summary: dict[str, Any]) -> str:
     return "Settings: " + ", ".join(parts) if parts else ""
 
 
-def _primary(metrics: dict[str, float]) -> tuple[str, float]:
+def primary_metric(metrics: dict[str, float]) -> tuple[str, float]:
+    """The metric a table reports first: accuracy, else Matthews, Pearson or F1, else the first one."""
     for name in ("accuracy", "matthews", "pearson", "f1"):
         if name in metrics:
             return name, metrics[name]
@@ -225,7 +226,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     rows = summary["rows"]
     methods = [m for m in ("abt", "abt-oracle", "topk") if any(r["method"] == m for r in rows)]
     dense = next(r for r in rows if r["method"] == "dense")
-    metric_name, dense_value = _primary(dense["metrics"])
+    metric_name, dense_value = primary_metric(dense["metrics"])
     lines = [
         f"{summary['task']} / {summary['split']}, metric = {metric_name} ×100; cells: metric / retention % / "
         f"rel. FLOPs % (real lengths, overhead included). Dense: {100 * dense_value:.2f} / 100 / "
@@ -243,7 +244,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             if row is None:
                 cells.append("")
                 continue
-            _, value = _primary(row["metrics"])
+            _, value = primary_metric(row["metrics"])
             cells.append(
                 f"{100 * value:.2f} / {100 * row['retention']:.1f} / {100 * row['relative_flops']:.1f}"
             )
@@ -260,12 +261,12 @@ def plot_summary(summary: dict[str, Any], path: str | Path) -> None:
 
     rows = summary["rows"]
     dense = next(r for r in rows if r["method"] == "dense")
-    metric_name, dense_value = _primary(dense["metrics"])
+    metric_name, dense_value = primary_metric(dense["metrics"])
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     styles = {"abt": ("ABT (ApproxNet)", "o-"), "abt-oracle": ("ABT oracle", "s--"), "topk": ("top-k", "^-")}
     for method, (label, style) in styles.items():
         points = sorted(
-            (r["relative_flops"], _primary(r["metrics"])[1]) for r in rows if r["method"] == method
+            (r["relative_flops"], primary_metric(r["metrics"])[1]) for r in rows if r["method"] == method
         )
         if points:
             ax.plot(
