@@ -34,7 +34,11 @@ def test_get_task_accepts_aliases_and_rejects_unknown():
     assert get_task("stsb").is_regression and get_task("mrpc").pair and not get_task("cola").pair
     with pytest.raises(SttabtError, match="unknown task 'sst3'"):
         get_task("sst3")
-    assert set(data.TASKS) == {"cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli", "bbc"}
+    text = {name for name, spec in data.TASKS.items() if not spec.is_image}
+    assert text == {"cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli", "bbc"}
+    images = {spec.name for spec in data.TASKS.values() if spec.is_image}
+    assert images == {"fashion-mnist", "digits", "imagenet", "imagefolder"}
+    assert get_task("Fashion_MNIST").name == "fashion-mnist" and get_task("fashion-mnist").is_image
 
 
 def test_default_glue_dir_follows_the_working_directory_not_the_install(monkeypatch, tmp_path):

@@ -4,7 +4,9 @@ ABT runs it once per input at full length and reads every layer's attention prob
 its attention is used at inference (its head is not), so its cost is that of its encoder.
 
 Architecture: the teacher's own model class and depth, the same number of heads, hidden and FFN sizes
-divided by the factor ``f`` (head dim = d_h / f), the same vocabulary, positions and token types. Extra
+divided by the factor ``f`` (head dim = d_h / f), the same vocabulary, positions and token types (text)
+or image size, patches and prefix tokens (Hugging Face ViT/DeiT; §1.2 of the spec, with R12's
+interpolated init available as ``init="interpolate"``). Extra
 trainable projections exist only for the distillation losses: ``P_l: Linear(d/f -> d)``, **one per
 layer** l = 0..L-1 for ``hidden_states[0..L-1]`` (L_hid), and ``P_emb: Linear(d/f -> d)`` (L_emb).
 
@@ -17,7 +19,7 @@ SST-2 at f = 4 neither helps before training (dev attention KL 1.31 random vs 1.
 matching PUBLISHED_RESULTS §3: distillation is what matters.
 
 Attention maps come from :func:`trace_encoder`, a dense full-length forward that drives the model through
-:class:`~sttabt.adapters.hf_text.HFTextClassifierAdapter` (the same submodules and the same attention
+its adapter (:func:`~sttabt.adapters.lookup.adapter_for`: the same submodules and the same attention
 product as :class:`~sttabt.runtime.SparseEncoder`). Unlike the sparse runtime, whose last layer computes
 only CLS, it computes every query row of every layer, which distillation needs; the tests check it against
 the Hugging Face eager forward with ``output_attentions=True`` and against ``SparseEncoder``.
@@ -39,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sttabt.adapters.hf_text import HFTextClassifierAdapter
+from sttabt.adapters.base import EncoderAdapter
+from sttabt.adapters.lookup import adapter_for
 from sttabt.core.flops import EncoderShape
 from sttabt.errors import SttabtError
 from sttabt.utils import atomic_directory, atomic_write_json
@@ -71,32 +74,39 @@ class EncoderTrace:
     scores: list[torch.Tensor]
     hidden_states: list[torch.Tensor]
     embeddings: torch.Tensor | None = None
+    valid: torch.Tensor | None = None  # (B, T) real tokens (text: the attention mask; images: all)
 
 
-def _adapter(model_or_adapter: nn.Module | HFTextClassifierAdapter) -> HFTextClassifierAdapter:
-    if isinstance(model_or_adapter, HFTextClassifierAdapter):
-        return model_or_adapter
-    return HFTextClassifierAdapter(model_or_adapter)
+def _adapter(model_or_adapter: nn.Module | EncoderAdapter) -> EncoderAdapter:
+    return adapter_for(model_or_adapter)
+
+
+def _is_image(adapter: EncoderAdapter) -> bool:
+    return adapter.image_size is not None
 
 
 def trace_encoder(
-    model_or_adapter: nn.Module | HFTextClassifierAdapter,
+    model_or_adapter: nn.Module | EncoderAdapter,
     batch: Mapping[str, torch.Tensor],
     *,
     embeddings: bool = False,
 ) -> EncoderTrace:
-    """Run a BERT-family classifier densely and keep every layer's attention and hidden states.
+    """Run a classifier (BERT family, ViT/DeiT) densely and keep every layer's attention and hidden states.
 
     Respects the model's train/eval mode (dropout) and the caller's grad mode.
     """
     adapter = _adapter(model_or_adapter)
-    if "input_ids" not in batch or "attention_mask" not in batch:
-        raise SttabtError("a batch needs input_ids and attention_mask")
-    valid = batch["attention_mask"].bool()
-    inputs = {"input_ids": batch["input_ids"]}
-    if batch.get("token_type_ids") is not None:
-        inputs["token_type_ids"] = batch["token_type_ids"]
-    hidden = adapter.embed(inputs)
+    if _is_image(adapter):
+        hidden = adapter.embed(batch)
+        valid = adapter.valid_mask(batch, hidden)
+    else:
+        if "input_ids" not in batch or "attention_mask" not in batch:
+            raise SttabtError("a batch needs input_ids and attention_mask")
+        valid = batch["attention_mask"].bool()
+        inputs = {"input_ids": batch["input_ids"]}
+        if batch.get("token_type_ids") is not None:
+            inputs["token_type_ids"] = batch["token_type_ids"]
+        hidden = adapter.embed(inputs)
     bias = torch.zeros(valid.shape, dtype=torch.float32, device=valid.device).masked_fill(~valid, PAD_LOGIT)
     bias = bias[:, None, None, :]
     hidden_states, attentions, scores = [hidden], [], []
@@ -113,27 +123,47 @@ def trace_encoder(
         hidden_states.append(hidden)
         attentions.append(probs)
         scores.append(logits)
-    logits = adapter.head(hidden[:, :1])
-    emb = adapter.embed({"input_ids": batch["input_ids"]}) if embeddings else None
-    return EncoderTrace(logits, attentions, scores, hidden_states, emb)
+    logits = adapter.head(hidden[:, : adapter.readout_tokens])
+    emb = None
+    if embeddings:  # text: recomputed without token types (L_emb); images: the embedding output itself
+        emb = hidden_states[0] if _is_image(adapter) else adapter.embed({"input_ids": batch["input_ids"]})
+    return EncoderTrace(logits, attentions, scores, hidden_states, emb, valid)
 
 
 # -- teacher identity ----------------------------------------------------------------------------------------
 def teacher_architecture(model: nn.Module) -> dict[str, Any]:
-    """The sizes that an ApproxNet depends on, read from a classifier's config."""
-    _adapter(model)  # refuses unsupported models with a clear message
-    cfg = model.config
-    return {
+    """The sizes that an ApproxNet depends on: from a Hugging Face config, or (timm) from the adapter."""
+    adapter = _adapter(model)  # refuses unsupported models with a clear message
+    cfg = getattr(model, "config", None)
+    if cfg is None:  # timm
+        shape = adapter.shape
+        return {
+            "model_type": f"timm:{type(model).__name__}", "num_layers": shape.num_layers,
+            "hidden_size": shape.hidden_size, "num_heads": shape.num_heads,
+            "intermediate_size": shape.intermediate_size, "num_labels": int(model.num_classes),
+            **_image_geometry(adapter),
+        }  # fmt: skip
+    arch = {
         "model_type": cfg.model_type,
         "num_layers": int(cfg.num_hidden_layers),
         "hidden_size": int(cfg.hidden_size),
         "num_heads": int(cfg.num_attention_heads),
         "intermediate_size": int(cfg.intermediate_size),
         "num_labels": int(cfg.num_labels),
+    }
+    if _is_image(adapter):
+        return {**arch, **_image_geometry(adapter)}
+    return {
+        **arch,
         "vocab_size": int(cfg.vocab_size),
         "max_position_embeddings": int(cfg.max_position_embeddings),
         "type_vocab_size": int(getattr(cfg, "type_vocab_size", 1) or 1),
     }
+
+
+def _image_geometry(adapter: EncoderAdapter) -> dict[str, Any]:
+    return {"image_size": list(adapter.image_size), "patch_size": list(adapter.patch_size),
+            "num_channels": int(adapter.image_channels)}  # fmt: skip
 
 
 def teacher_fingerprint(model: nn.Module) -> str:
@@ -168,7 +198,7 @@ class ApproxNetConfig:
     teacher_heads: int
     teacher_intermediate: int
     num_labels: int
-    vocab_size: int
+    vocab_size: int  # 0 for image models
     teacher_fingerprint: str
     stage: str = "untrained"
     teacher_path: str | None = None
@@ -176,17 +206,21 @@ class ApproxNetConfig:
     hidden_projections: str = "per-layer"  # P_l, one Linear(d/f -> d) per layer l = 0..L-1
     format_version: int = FORMAT_VERSION
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per distillation stage
+    #: Image teachers: ``image_size``, ``patch_size``, ``num_channels`` (None for text).
+    image_geometry: dict[str, Any] | None = None
 
     def architecture(self) -> dict[str, Any]:
-        return {
+        arch = {
             "model_type": self.model_type,
             "num_layers": self.teacher_layers,
             "hidden_size": self.teacher_hidden,
             "num_heads": self.teacher_heads,
             "intermediate_size": self.teacher_intermediate,
             "num_labels": self.num_labels,
-            "vocab_size": self.vocab_size,
         }
+        if self.image_geometry is not None:
+            return {**arch, **self.image_geometry}
+        return {**arch, "vocab_size": self.vocab_size}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -214,9 +248,11 @@ def _short(fingerprint: str) -> str:
 
 
 def _describe(arch: Mapping[str, Any]) -> str:
+    inputs = (f"vocab={arch['vocab_size']}" if "vocab_size" in arch else
+              f"image={arch['image_size']} patch={arch['patch_size']}")  # fmt: skip
     return (
         f"{arch['model_type']} L={arch['num_layers']} d={arch['hidden_size']} H={arch['num_heads']} "
-        f"d_ff={arch['intermediate_size']} labels={arch['num_labels']} vocab={arch['vocab_size']}"
+        f"d_ff={arch['intermediate_size']} labels={arch['num_labels']} {inputs}"
     )
 
 
@@ -233,17 +269,18 @@ class ApproxOutput:
 
 
 class ApproxNet(nn.Module):
-    """A thin copy of a text classifier plus the projections its distillation losses use.
+    """A thin copy of a classifier plus the projections its distillation losses use.
 
     Build with :meth:`from_teacher`, persist with :meth:`save` / :meth:`load`. ``model`` is the inner
-    Hugging Face ``*ForSequenceClassification`` (eager attention, so ``output_attentions`` works there too).
+    Hugging Face model, of the teacher's own class (``*ForSequenceClassification``, ViT/DeiT image
+    classifiers), with eager attention, so ``output_attentions`` works there too.
     """
 
     def __init__(self, model: nn.Module, approx_config: ApproxNetConfig):
         super().__init__()
         self.model = model
         self.approx_config = approx_config
-        self.adapter = HFTextClassifierAdapter(model)
+        self.adapter = adapter_for(model)
         small = int(model.config.hidden_size)
         big = int(approx_config.teacher_hidden)
         self.hidden_projections = nn.ModuleList(nn.Linear(small, big) for _ in range(self.adapter.num_layers))
@@ -264,8 +301,11 @@ class ApproxNet(nn.Module):
 
         The projections (and everything, with ``init="random"``) are drawn from the global torch RNG.
         """
-        from transformers import AutoModelForSequenceClassification
-
+        if getattr(teacher, "config", None) is None:
+            raise SttabtError(
+                f"an ApproxNet needs a Hugging Face teacher; {type(teacher).__name__} (timm) is not "
+                "supported yet: use abt-oracle or topk on it, or convert it to a transformers ViT/DeiT"
+            )
         arch = teacher_architecture(teacher)
         if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
             raise SttabtError(f"ApproxNet factor must be a positive integer, got {factor!r}")
@@ -285,7 +325,7 @@ class ApproxNet(nn.Module):
             if embedding_size % factor:
                 raise SttabtError(f"factor {factor} does not divide the embedding size {embedding_size}")
             cfg.embedding_size = embedding_size // factor
-        model = AutoModelForSequenceClassification.from_config(cfg, attn_implementation="eager")
+        model = type(teacher)._from_config(cfg, attn_implementation="eager")
         if init == "interpolate":
             _interpolate_from(model, teacher)
         config = ApproxNetConfig(
@@ -296,10 +336,12 @@ class ApproxNet(nn.Module):
             teacher_heads=heads,
             teacher_intermediate=d_ff,
             num_labels=arch["num_labels"],
-            vocab_size=arch["vocab_size"],
+            vocab_size=arch.get("vocab_size", 0),
             teacher_fingerprint=fingerprint or teacher_fingerprint(teacher),
             teacher_path=teacher_path or getattr(teacher.config, "_name_or_path", None) or None,
             init=init,
+            image_geometry={k: arch[k] for k in ("image_size", "patch_size", "num_channels")}
+            if "image_size" in arch else None,
         )
         approx = cls(model, config)
         return approx.to(next(teacher.parameters()).device).eval()
@@ -333,7 +375,7 @@ class ApproxNet(nn.Module):
     # -- teacher checks --------------------------------------------------------------------------------------
     def check_teacher(self, teacher: nn.Module, *, fingerprint: bool = True) -> None:
         """Raise :class:`SttabtError` unless ``teacher`` is the model this ApproxNet was distilled from."""
-        if isinstance(teacher, HFTextClassifierAdapter):
+        if isinstance(teacher, EncoderAdapter):
             teacher = teacher.model
         saved = self.approx_config
         source = saved.teacher_path or "an unnamed teacher"
@@ -383,7 +425,6 @@ class ApproxNet(nn.Module):
     def load(cls, directory: str | Path, teacher: nn.Module | None = None) -> ApproxNet:
         """Load a saved ApproxNet; with ``teacher``, refuse one distilled from a different model."""
         from safetensors.torch import load_file
-        from transformers import AutoModelForSequenceClassification
 
         if not str(directory).strip():
             raise SttabtError("no ApproxNet directory given")
@@ -401,7 +442,7 @@ class ApproxNet(nn.Module):
         except (OSError, ValueError, TypeError) as exc:
             raise SttabtError(f"cannot read {config_path}: {exc}") from exc
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(
+            model = _saved_model_class(directory).from_pretrained(
                 directory, attn_implementation="eager", dtype=torch.float32
             )
             projections = load_file(str(directory / PROJECTIONS_NAME))
@@ -418,6 +459,19 @@ class ApproxNet(nn.Module):
         if teacher is not None:
             approx.check_teacher(teacher)
         return approx.eval()
+
+
+def _saved_model_class(directory: Path):
+    """The transformers class a saved ApproxNet was built as (its ``config.json`` architectures)."""
+    import transformers
+
+    try:
+        saved = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        saved = {}
+    names = saved.get("architectures") or []
+    model_class = getattr(transformers, names[0], None) if names else None
+    return model_class or transformers.AutoModelForSequenceClassification
 
 
 def _interpolate_from(student: nn.Module, teacher: nn.Module) -> None:

@@ -19,12 +19,14 @@ and right-pads to the longest sample, as dynamic padding would. FLOPs always use
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import math
 import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,7 +34,7 @@ import torch
 
 from sttabt import validate
 from sttabt.adapters.base import EncoderAdapter
-from sttabt.adapters.hf_text import HFTextClassifierAdapter
+from sttabt.adapters.lookup import adapter_for
 from sttabt.core.flops import dense_cost, dense_counts, macs_by_kind
 from sttabt.errors import SttabtError
 from sttabt.methods.registry import MethodOptions, build_selector, validate_method
@@ -58,6 +60,15 @@ RANDOM_SHAPES: dict[str, dict[str, int]] = {
         "intermediate_size": 1536,
     },
 }
+#: Randomly initialised ``ViTForImageClassification`` shapes (224x224, patch 16, 1000 classes).
+RANDOM_VISION_SHAPES: dict[str, dict[str, int]] = {
+    "deit-tiny": {"num_hidden_layers": 12, "hidden_size": 192, "num_attention_heads": 3,
+                  "intermediate_size": 768},
+    "deit-small": {"num_hidden_layers": 12, "hidden_size": 384, "num_attention_heads": 6,
+                   "intermediate_size": 1536},
+    "vit-base": {"num_hidden_layers": 12, "hidden_size": 768, "num_attention_heads": 12,
+                 "intermediate_size": 3072},
+}  # fmt: skip
 RANDOM_VOCAB = 30522
 RANDOM_NUM_LABELS = 2
 #: [CLS] of the BERT uncased vocabulary, used when there is no tokenizer to ask.
@@ -122,10 +133,10 @@ class BenchConfig:
         validate.dtype(self.dtype, validate.device(self.device, "--device"), "--dtype")
         if self.model_config is None and self.model.startswith(RANDOM_PREFIX):
             name = self.model[len(RANDOM_PREFIX) :]
-            if name not in RANDOM_SHAPES:
+            if name not in RANDOM_SHAPES and name not in RANDOM_VISION_SHAPES:
                 raise SttabtError(
                     f"unknown random model {self.model!r}; choose one of "
-                    + ", ".join(RANDOM_PREFIX + n for n in RANDOM_SHAPES)
+                    + ", ".join(RANDOM_PREFIX + n for n in (*RANDOM_SHAPES, *RANDOM_VISION_SHAPES))
                 )
 
     def command_line(self) -> str:
@@ -161,6 +172,9 @@ def build_model(config: BenchConfig) -> tuple[torch.nn.Module, int]:
     from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
     tokenizer = None
+    vision = _vision_model(config)
+    if vision is not None:
+        return vision.eval(), 0
     if config.model_config is not None:
         model = AutoModelForSequenceClassification.from_config(config.model_config)
     elif config.model.startswith(RANDOM_PREFIX):
@@ -176,6 +190,44 @@ def build_model(config: BenchConfig) -> tuple[torch.nn.Module, int]:
     if cls_id is None:
         cls_id = BERT_CLS_ID if model.config.vocab_size > 1000 else 1
     return model.eval(), int(cls_id)
+
+
+def _vision_model(config: BenchConfig) -> torch.nn.Module | None:
+    """An image classifier to time: ``random:deit-small`` etc., ``timm:<arch>`` (random weights: timing
+    only), or an HF/timm image-classifier directory; None for text models."""
+    import transformers
+
+    from sttabt.models import TIMM_PREFIX, load_image_classifier
+
+    name = config.model
+    if config.model_config is not None:
+        is_image = getattr(config.model_config, "model_type", None) in ("vit", "deit")
+        return transformers.ViTForImageClassification(config.model_config) if is_image else None
+    if name.startswith(RANDOM_PREFIX) and name[len(RANDOM_PREFIX) :] in RANDOM_VISION_SHAPES:
+        shape = RANDOM_VISION_SHAPES[name[len(RANDOM_PREFIX) :]]
+        return transformers.ViTForImageClassification(transformers.ViTConfig(num_labels=1000, **shape))
+    if name.startswith(TIMM_PREFIX):
+        return load_image_classifier(name, random_weights=True)[0]
+    config_file = Path(name) / "config.json"
+    if config_file.is_file():
+        saved = json.loads(config_file.read_text(encoding="utf-8"))
+        if "architecture" in saved or saved.get("model_type") in ("vit", "deit"):
+            return load_image_classifier(name)[0]
+    return None
+
+
+def image_inputs(adapter: Any, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Standard-normal ``pixel_values`` of the model's image size (every token is real)."""
+    height, width = adapter.image_size
+    pixels = torch.randn(batch_size, adapter.image_channels, height, width, generator=generator)
+    return {"pixel_values": pixels}
+
+
+def dense_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The unmodified model's logits: Hugging Face models take keywords, timm models the pixels."""
+    if hasattr(model, "config"):
+        return model(**batch).logits
+    return model(batch["pixel_values"])
 
 
 def max_sequence_length(model_config: Any) -> int:
@@ -298,35 +350,38 @@ class _Setup:
     """Everything one benchmark times: the model and its adapter, the inputs and the calls by variant."""
 
     model: torch.nn.Module
-    adapter: HFTextClassifierAdapter
+    adapter: EncoderAdapter
     batch: dict[str, torch.Tensor]
     calls: dict[str, Callable[[], Any]]
-
-    @property
-    def real_lengths(self) -> torch.Tensor:
-        return self.batch["attention_mask"].sum(dim=1)
+    real_lengths: torch.Tensor  # (B,) tokens per sample (images: prefix + patches)
 
 
 def _setup(config: BenchConfig, device: torch.device) -> _Setup:
     set_seed(config.seed)
     model, cls_id = build_model(config)
-    adapter = HFTextClassifierAdapter(model)
-    limit = max_sequence_length(model.config)
+    adapter = adapter_for(model)
+    image = adapter.image_size is not None
+    limit = 10**9 if image else max_sequence_length(model.config)
     if config.seq_len > limit:
         raise SttabtError(f"--seq-len {config.seq_len} exceeds the model's maximum of {limit} positions")
     model.to(device)
     selector = build_selector(config.method, adapter, _method_options(config, model))
     encoder = SparseEncoder(adapter)
     generator = torch.Generator().manual_seed(config.seed)
-    pad_id = int(getattr(model.config, "pad_token_id", 0) or 0)
-    batch = make_inputs(config, int(model.config.vocab_size), cls_id, pad_id, generator)
+    if image:
+        batch = image_inputs(adapter, config.batch_size, generator)
+    else:
+        pad_id = int(getattr(model.config, "pad_token_id", 0) or 0)
+        batch = make_inputs(config, int(model.config.vocab_size), cls_id, pad_id, generator)
     batch = {key: value.to(device) for key, value in batch.items()}
-    calls: dict[str, Callable[[], Any]] = {"hf_dense": lambda: model(**batch).logits}
+    with torch.no_grad():
+        lengths = adapter.valid_mask(batch, adapter.embed(batch)).sum(dim=1).cpu()
+    calls: dict[str, Callable[[], Any]] = {"hf_dense": lambda: dense_logits(model, batch)}
     if config.runtime_dense:
         dense_selector = build_selector("dense", adapter)
         calls["runtime_dense"] = lambda: encoder(batch, dense_selector)
     calls["method"] = lambda: encoder(batch, selector)
-    return _Setup(model, adapter, batch, calls)
+    return _Setup(model, adapter, batch, calls, lengths)
 
 
 def _run(config: BenchConfig, device: torch.device) -> dict[str, Any]:
@@ -358,7 +413,7 @@ def _run(config: BenchConfig, device: torch.device) -> dict[str, Any]:
 
 def _describe(config: BenchConfig, device: torch.device, setup: _Setup) -> dict[str, Any]:
     """What was measured, where and how (everything but the timings)."""
-    shape, model_cfg, real = setup.adapter.shape, setup.model.config, setup.real_lengths
+    shape, model_cfg, real = setup.adapter.shape, getattr(setup.model, "config", None), setup.real_lengths
     return {
         "model": config.model,
         "model_shape": {
@@ -372,11 +427,8 @@ def _describe(config: BenchConfig, device: torch.device, setup: _Setup) -> dict[
         "method": config.method,
         "options": {"keep": config.keep, "schedule": config.schedule, "approx": config.approx, "p": config.p},
         "batch_size": config.batch_size,
-        "seq_len": config.seq_len,
-        "inputs": {
-            "token_ids": "uniform random, CLS first, right padding",
-            "length_jitter": config.length_jitter,
-            "padded_length": int(setup.batch["input_ids"].shape[1]),
+        "seq_len": None if "pixel_values" in setup.batch else config.seq_len,
+        "inputs": _inputs_description(config, setup) | {
             "real_length_min": int(real.min()),
             "real_length_mean": float(real.float().mean()),
             "real_length_max": int(real.max()),
@@ -401,6 +453,14 @@ def _describe(config: BenchConfig, device: torch.device, setup: _Setup) -> dict[
             )
         ),
     }
+
+
+def _inputs_description(config: BenchConfig, setup: _Setup) -> dict[str, Any]:
+    if "pixel_values" in setup.batch:
+        return {"pixel_values": "standard normal", "image_size": list(setup.adapter.image_size),
+                "patch_size": list(setup.adapter.patch_size), "prefix_tokens": setup.adapter.prefix_tokens}
+    return {"token_ids": "uniform random, CLS first, right padding", "length_jitter": config.length_jitter,
+            "padded_length": int(setup.batch["input_ids"].shape[1])}  # fmt: skip
 
 
 def _speed(setup: _Setup, samples: dict[str, list[float]], outputs: dict[str, Any]) -> dict[str, Any]:
@@ -519,7 +579,12 @@ def format_summary(result: dict[str, Any]) -> str:
     options = result["options"]
     keep = "" if options.get("keep") is None else f" keep={options['keep']}"
     device = f"{result['device']} ({result['device_info']['name']}) {result['dtype']}"
-    shape = f"batch {result['batch_size']} x seq {result['seq_len']}"
+    inputs = result["inputs"]
+    if "image_size" in inputs:
+        size = inputs["image_size"][0]
+        shape = f"batch {result['batch_size']} x {inputs['real_length_max']} tokens ({size}px)"
+    else:
+        shape = f"batch {result['batch_size']} x seq {result['seq_len']}"
     lines = [
         f"{result['model']} / {result['method']}{keep} | {device} threads={result['threads']} "
         f"| {shape} | {result['warmup']} warm-up + {result['repeats']} rounds",

@@ -14,7 +14,7 @@ import sys
 
 from sttabt.errors import SttabtError
 
-COMMANDS = ["finetune", "distill", "train", "evaluate", "sweep", "bench"]
+COMMANDS = ["finetune", "distill", "train", "evaluate", "sweep", "bench", "visualize"]
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -56,6 +56,12 @@ class TaskSpec:
     is_regression: bool
     metric_names: tuple[str, ...]
     pair: bool
+    #: ``"text"`` (tokenised) or ``"image"`` (pixel_values, :mod:`sttabt.images`).
+    modality: str = "text"
+
+    @property
+    def is_image(self) -> bool:
+        return self.modality == "image"
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,11 @@ TASKS: dict[str, TaskSpec] = {
     "rte": TaskSpec("rte", 2, False, ("accuracy",), True),
     "wnli": TaskSpec("wnli", 2, False, ("accuracy",), True),
     "bbc": TaskSpec("bbc", 5, False, ("accuracy", "macro_f1"), False),
+    # image tasks (sttabt.images); imagefolder's class count comes from its folder (0: not fixed)
+    "fashionmnist": TaskSpec("fashion-mnist", 10, False, ("accuracy", "macro_f1"), False, "image"),
+    "digits": TaskSpec("digits", 10, False, ("accuracy",), False, "image"),
+    "imagenet": TaskSpec("imagenet", 1000, False, ("accuracy",), False, "image"),
+    "imagefolder": TaskSpec("imagefolder", 0, False, ("accuracy", "macro_f1"), False, "image"),
 }
 
 BBC_CLASSES: tuple[str, ...] = ("business", "entertainment", "politics", "sports", "tech")
@@ -91,6 +102,9 @@ LABEL_NAMES: dict[str, tuple[str, ...]] = {
     "rte": ("entailment", "not_entailment"),
     "wnli": ("not_entailment", "entailment"),
     "bbc": BBC_CLASSES,
+    "fashion-mnist": ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
+                      "bag", "ankle boot"),
+    "digits": tuple(str(i) for i in range(10)),
 }
 
 _ALIASES = {"bbcnews": "bbc", "mnlim": "mnli", "mnlimatched": "mnli", "stsbenchmark": "stsb"}
@@ -142,7 +156,8 @@ def get_task(name: str) -> TaskSpec:
     key = re.sub(r"[-_ ]", "", str(name).strip().lower())
     key = _ALIASES.get(key, key)
     if key not in TASKS:
-        raise SttabtError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
+        choices = ", ".join(spec.name for spec in TASKS.values())
+        raise SttabtError(f"unknown task {name!r}; choose one of {choices}")
     return TASKS[key]
 
 
@@ -171,11 +186,19 @@ def default_glue_dir() -> Path:
 
 def load_examples(
     task: str, split: str = "dev", data_dir: str | os.PathLike | None = None, limit: int | None = None
-) -> list[Example]:
-    """Read one split of a task; ``limit`` keeps the first N examples of the split (all when None)."""
+) -> list[Any]:
+    """Read one split of a task; ``limit`` keeps the first N examples of the split (all when None).
+
+    Text tasks give :class:`Example`; image tasks :class:`sttabt.images.ImageExample`.
+    """
     spec = get_task(task)
     if limit is not None and limit < 1:
         raise SttabtError(f"limit must be a positive number of examples, got {limit}")
+    if spec.is_image:
+        from sttabt.images import load_image_examples
+
+        check_split(spec.name, split)
+        return load_image_examples(spec.name, split, data_dir, limit)
     if spec.name == "bbc":
         return _load_bbc(split, data_dir, limit)
     if data_dir is None and not default_glue_dir().is_dir():
@@ -199,6 +222,10 @@ BBC_SPLITS = ("train", "test", "dev", "validation")
 def split_names(task: str) -> tuple[str, ...]:
     """The split names ``task`` accepts (for help texts and early checks)."""
     spec = get_task(task)
+    if spec.is_image:
+        from sttabt.images import IMAGE_SPLITS
+
+        return IMAGE_SPLITS
     if spec.name == "bbc":
         return BBC_SPLITS
     return tuple(_MNLI_SPLITS if spec.name == "mnli" else _GLUE_SPLITS)
@@ -214,7 +241,15 @@ def check_split(task: str, split: str) -> None:
 
 def resolved_data_dir(task: str, data_dir: str | os.PathLike | None) -> str:
     """The directory (or Hub id) the examples of ``task`` are read from, as an absolute path when local."""
-    if get_task(task).name == "bbc":
+    spec = get_task(task)
+    if spec.is_image:
+        from sttabt.images import default_fashion_mnist_dir
+
+        if data_dir is None:
+            return str(default_fashion_mnist_dir().resolve()) if spec.name == "fashion-mnist" else "sklearn"
+        parts = str(data_dir).split(os.pathsep) if not str(data_dir).startswith("hf:") else [str(data_dir)]
+        return os.pathsep.join(str(Path(p).resolve()) if Path(p).exists() else p for p in parts)
+    if spec.name == "bbc":
         root = Path(data_dir) if data_dir is not None else bbc_data_dir()
         return str(root.resolve())
     source = Path(data_dir) if data_dir is not None else default_glue_dir()
@@ -477,10 +512,34 @@ def encode(tokenizer: Any, examples: Sequence[Example], max_length: int) -> list
     return [{**{k: list(enc[k][i]) for k in keys}, "label": ex.label} for i, ex in enumerate(examples)]
 
 
+def feature_length(feature: dict[str, Any]) -> int:
+    """Tokens of a text feature (for length-sorted batches); images all have the same length (0 here)."""
+    ids = feature.get("input_ids")
+    return len(ids) if ids is not None else 0
+
+
+def encode_for_task(task: TaskSpec, processor: Any, examples: Sequence[Any], max_length: int) -> list[dict]:
+    """Features of ``examples``: token ids from a tokenizer (text, truncated to ``max_length``), or
+    ``pixel_values`` from an :class:`~sttabt.images.ImageTransform` (images)."""
+    if task.is_image:
+        from sttabt.images import encode_images
+
+        return encode_images(processor, examples)
+    return encode(processor, examples, max_length)
+
+
 def collate(features: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch to its longest sequence; ``labels`` is int64 for classes, float32 for scores."""
+    """Right-pad a batch to its longest sequence; ``labels`` is int64 for classes, float32 for scores.
+
+    Image features (``pixel_values``) are stacked.
+    """
     if not features:
         raise ValueError("cannot collate an empty batch")
+    if "pixel_values" in features[0]:
+        batch = {"pixel_values": torch.stack([f["pixel_values"] for f in features])}
+        if "label" in features[0]:
+            batch["labels"] = torch.tensor([f["label"] for f in features], dtype=torch.long)
+        return batch
     width = max(len(f["input_ids"]) for f in features)
     pads = {"input_ids": pad_token_id, "attention_mask": 0, "token_type_ids": 0}
     batch: dict[str, torch.Tensor] = {}
@@ -527,7 +586,7 @@ def batches(
             perm = [
                 i
                 for w in range(0, len(perm), window)
-                for i in sorted(perm[w : w + window], key=lambda j: -len(features[j]["input_ids"]))
+                for i in sorted(perm[w : w + window], key=lambda j: -feature_length(features[j]))
             ]
         order = [perm[start : start + batch_size] for start in range(0, len(perm), batch_size)]
         if group_by_length:

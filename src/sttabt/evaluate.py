@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from sttabt import validate
-from sttabt.adapters.hf_text import HFTextClassifierAdapter
+from sttabt.adapters.lookup import adapter_for
 from sttabt.core.flops import dense_cost
 from sttabt.errors import SttabtError
 from sttabt.methods import MethodOptions, build_selector
@@ -53,7 +53,7 @@ class EvalConfig:
 
     def validate(self) -> None:
         """Every check that needs neither the model nor the data, so a typo fails in milliseconds."""
-        from sttabt.data import check_split
+        from sttabt.data import check_split, get_task
 
         validate.positive_int(self.batch_size, "--batch-size")
         validate.max_length(self.max_length, name="--max-length")
@@ -62,6 +62,8 @@ class EvalConfig:
         validate_method(self.method, self.options, strict=True)
         check_protocol(self.protocol, self.method)
         check_split(self.task, self.split)
+        if self.protocol == "reference" and get_task(self.task).is_image:
+            raise SttabtError("--protocol reference is for text (padded lengths); images have no padding")
         validate.dtype(self.dtype, validate.device(self.device, "--device"), "--dtype")
 
     def check_model(self, model_config: Any) -> None:
@@ -69,8 +71,12 @@ class EvalConfig:
         from sttabt.data import get_task
         from sttabt.models import check_task_fit
 
-        validate.max_length(self.max_length, model_config, "--max-length")
-        check_task_fit(model_config, get_task(self.task), self.model)
+        task = get_task(self.task)
+        if model_config is None:  # timm: no config to check against; its head size is checked on load
+            return
+        if not task.is_image:
+            validate.max_length(self.max_length, model_config, "--max-length")
+        check_task_fit(model_config, task, self.model)
 
 
 @dataclass
@@ -119,30 +125,29 @@ class EvalRun:
 
 
 def run_evaluation(config: EvalConfig, model=None, tokenizer=None) -> EvalRun:
-    """Run ``config``; pass ``model``/``tokenizer`` to reuse an already loaded classifier."""
-    from sttabt.data import collate, encode, get_task, load_examples
+    """Run ``config``; pass ``model``/``tokenizer`` to reuse an already loaded classifier (for image
+    tasks ``tokenizer`` is the :class:`~sttabt.images.ImageTransform`; None: the model's own)."""
+    from sttabt.data import collate, encode_for_task, feature_length, get_task, load_examples
     from sttabt.metrics import compute_metrics
-    from sttabt.models import load_model_config, load_text_classifier
 
     config.validate()
     task = get_task(config.task)
-    config.check_model(model.config if model is not None else load_model_config(config.model))
+    config.check_model(model_config_of(config.model, model))
     examples = load_examples(task.name, config.split, config.data_dir, config.limit)
     if not examples:
         raise SttabtError(f"no examples in {task.name}/{config.split}")
-    if model is None:
-        model, tokenizer = load_text_classifier(config.model)
+    model, tokenizer = load_for_task(config.model, task, model, tokenizer)
     device = resolve_device(config.device)
     model = model.to(device).eval()
     provenance = _provenance(config, model, device)
-    adapter = HFTextClassifierAdapter(model)
+    adapter = adapter_for(model)
     runner = SparseEncoder(adapter)
     selector = build_selector(config.method, adapter, config.options)
 
-    features = encode(tokenizer, examples, config.max_length)
+    features = encode_for_task(task, tokenizer, examples, config.max_length)
     reference = config.protocol == "reference"
     padded = padded_lengths([len(f["input_ids"]) for f in features]) if reference else None
-    order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
+    order = sorted(range(len(features)), key=lambda i: -feature_length(features[i]))
     count, layers = len(features), adapter.num_layers
     logits = None
     retention = torch.zeros(count, dtype=torch.float64)
@@ -152,7 +157,7 @@ def run_evaluation(config: EvalConfig, model=None, tokenizer=None) -> EvalRun:
     dense_flops = torch.zeros(count, dtype=torch.float64)
     dense_macs = torch.zeros(count, dtype=torch.float64)
     layer_counts = torch.zeros(count, layers, 3, dtype=torch.long)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = getattr(tokenizer, "pad_token_id", None) or 0
     started = time.perf_counter()
     chunks = [order[i : i + config.batch_size] for i in range(0, count, config.batch_size)]
     bar = track(chunks, f"{config.method} {task.name}", unit="batch", enabled=config.progress)
@@ -182,7 +187,7 @@ def run_evaluation(config: EvalConfig, model=None, tokenizer=None) -> EvalRun:
     predictions = logits.squeeze(-1).tolist() if task.is_regression else logits.argmax(dim=-1).tolist()
     metrics = compute_metrics(task.name, predictions, labels)
     log.info("%s on %s/%s: %s", config.method, task.name, config.split, metrics)
-    real = torch.tensor([len(f["input_ids"]) for f in features])
+    real = torch.tensor([feature_length(f) for f in features])
     figures = (reference_figures(config.method, selector, adapter.shape, layer_counts, real, padded)
                if reference else None)  # fmt: skip
     return EvalRun(
@@ -200,6 +205,37 @@ def run_evaluation(config: EvalConfig, model=None, tokenizer=None) -> EvalRun:
         provenance,
         figures,
     )
+
+
+def model_config_of(name: str, model: Any = None) -> Any:
+    """The HF config to check against the task, without loading weights; None for timm models."""
+    from sttabt.models import TIMM_PREFIX, load_model_config
+
+    if model is not None:
+        return getattr(model, "config", None)
+    if str(name).startswith(TIMM_PREFIX) or (Path(name) / "config.json").is_file() and _is_timm_dir(name):
+        return None
+    return load_model_config(name)
+
+
+def _is_timm_dir(name: str) -> bool:
+    return "architecture" in json.loads((Path(name) / "config.json").read_text(encoding="utf-8"))
+
+
+def load_for_task(name: str, task: Any, model: Any = None, processor: Any = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` for text, ``(model, ImageTransform)`` for images; what is given is kept."""
+    from sttabt.models import load_image_classifier, load_text_classifier, resolve_model_path
+
+    if not task.is_image:
+        return (model, processor) if model is not None else load_text_classifier(name)
+    if model is None:
+        model, _ = load_image_classifier(name)
+    if processor is None:
+        from sttabt.images import transform_for
+
+        path = None if str(name).startswith("timm:") else resolve_model_path(name)
+        processor = transform_for(model, path if path and Path(path).exists() else None)
+    return model, processor
 
 
 def _provenance(config: EvalConfig, model: torch.nn.Module, device: torch.device) -> dict[str, Any]:

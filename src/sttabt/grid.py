@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from sttabt import validate
 from sttabt.errors import SttabtError
 from sttabt.protocol import check_protocol
 from sttabt.sweep import primary_metric
-from sttabt.utils import atomic_write_json, atomic_write_text
+from sttabt.utils import atomic_write_json, atomic_write_text, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -277,9 +278,13 @@ def load_grid_config(path: str | Path) -> GridConfig:
             )
         latency = LatencySettings(**latency)
     base = path.parent
-    for key in ("model", "approx", "output_dir", "models_dir", "data_dir"):
+    for key in ("model", "approx", "output_dir", "models_dir"):
         if isinstance(data.get(key), str):
             data[key] = _relative_to(base, data[key])
+    source = data.get("data_dir")
+    if isinstance(source, str):  # image folders may be several, joined with os.pathsep
+        parts = [source] if source.startswith("hf:") else source.split(os.pathsep)
+        data["data_dir"] = os.pathsep.join(_relative_to(base, part) for part in parts)
     try:
         config = GridConfig(**data, latency=latency)
     except TypeError as exc:
@@ -307,7 +312,10 @@ def _parse(path: Path) -> Any:
 
 def _relative_to(base: Path, value: str) -> str:
     """A path relative to the config file, when it exists there or names no Hub id (``org/name``)."""
-    if value.startswith(("random:", "minilm")) or Path(value).is_absolute():
+    from sttabt.models import IMAGE_PRESETS
+
+    named = value.startswith(("random:", "minilm", "timm:", "hf:")) or value in IMAGE_PRESETS
+    if named or Path(value).is_absolute():
         return value
     candidate = base / value
     hub_like = value.count("/") == 1 and not value.startswith(".") and not candidate.exists()
@@ -317,12 +325,13 @@ def _relative_to(base: Path, value: str) -> str:
 # -- running ------------------------------------------------------------------------------------------------
 def run_grid(config: GridConfig, command: str | None = None) -> list[dict[str, Any]]:
     """Run (or resume) every point, then write the table and the plots; returns the rows."""
-    from sttabt.models import load_text_classifier
+    from sttabt.data import get_task
+    from sttabt.evaluate import load_for_task
 
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", {"config": config.to_dict(), "command": command})
-    teacher, tokenizer = load_text_classifier(config.model)
+    teacher, tokenizer = load_for_task(config.model, get_task(config.task))
     runner = _PointRunner(config, teacher, tokenizer, out, command)
     for point in config.points():
         runner.ensure(point)
@@ -399,6 +408,8 @@ class _PointRunner:
         }
         if model is not None:
             report["grid"]["train_log"] = json.loads((Path(model) / "train_log.json").read_text())
+        if run.logits.shape[-1] > 1:  # class predictions, for the agreement with dense
+            report["grid"]["predictions"] = run.logits.argmax(dim=-1).tolist()
         atomic_write_json(self.path(point), report)
         return report
 
@@ -457,7 +468,12 @@ class _PointRunner:
         report = self.load(point)
         if report is None:
             raise SttabtError(f"point {point.name} has no results file")  # ensure() ran: cannot happen
-        return point_row(point, report)
+        row = point_row(point, report)
+        dense = self.load(GridPoint("dense"))
+        ours, theirs = (r.get("grid", {}).get("predictions") if r else None for r in (report, dense))
+        if ours is not None and theirs is not None and len(ours) == len(theirs):
+            row["agreement"] = sum(a == b for a, b in zip(ours, theirs, strict=True)) / len(ours)
+        return row
 
 
 def point_row(point: GridPoint, report: dict[str, Any]) -> dict[str, Any]:
@@ -516,6 +532,8 @@ def summary_markdown(rows: list[dict[str, Any]], config: GridConfig) -> str:
     dense = next(row for row in rows if row["method"] == "dense")
     speed_keys = [key for key in dense if key.startswith("speedup_")]
     head = ["method", "budget", dense["metric"] + " ×100", "retention %", "rel. FLOPs %", "Pareto"]
+    agreement = "agreement" in dense
+    head += ["agrees with dense %"] if agreement else []
     ref_keys = [key for key in ("reference_retention", "reference_relative_flops") if key in dense]
     head += ["paper's retention %", "paper's rel. FLOPs %"] if ref_keys else []
     head += [key.replace("speedup_", "speed-up ") for key in speed_keys]
@@ -537,6 +555,7 @@ def summary_markdown(rows: list[dict[str, Any]], config: GridConfig) -> str:
             f"{100 * row['relative_flops']:.1f}",
             "yes" if flag else "",
         ]
+        cells += [f"{100 * row['agreement']:.1f}"] if agreement else []
         cells += [f"{100 * row[key]:.1f}" if key in row else "" for key in ref_keys]
         cells += [f"{row[key]:.2f}×" if key in row else "" for key in speed_keys]
         lines.append("| " + " | ".join(cells) + " |")
@@ -618,8 +637,5 @@ def plot_against(
     ax.legend(fontsize=7)
     fig.tight_layout()
     for fmt in PLOT_FORMATS:
-        target = stem.with_suffix(f".{fmt}")
-        tmp = target.with_name(f".{target.name}.tmp.{fmt}")
-        fig.savefig(tmp, format=fmt)
-        tmp.replace(target)
+        save_figure(fig, stem.with_suffix(f".{fmt}"), fmt)
     plt.close(fig)

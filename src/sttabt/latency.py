@@ -23,7 +23,7 @@ def time_on_examples(
     grid: Any, method: str, options: Any, model_dir: Path | None, teacher: Any, tokenizer: Any
 ) -> dict[str, Any]:
     """Per ``(dtype, batch size)`` of ``grid.latency``: ms per example of the method and of HF dense."""
-    from sttabt.adapters.hf_text import HFTextClassifierAdapter
+    from sttabt.adapters.lookup import adapter_for
     from sttabt.bench import measure
     from sttabt.methods import build_selector
     from sttabt.models import load_text_classifier
@@ -35,7 +35,7 @@ def time_on_examples(
     device = resolve_device(grid.device)
     model = load_text_classifier(str(model_dir))[0] if model_dir is not None else teacher
     model = model.to(device).eval()
-    adapter = HFTextClassifierAdapter(model)
+    adapter = adapter_for(model)
     selector = build_selector(method, adapter, options)
     encoder = SparseEncoder(adapter)
     features = _features(grid, tokenizer, settings.examples)
@@ -61,10 +61,10 @@ def time_on_examples(
 
 
 def _features(grid: Any, tokenizer: Any, count: int) -> list[dict[str, Any]]:
-    from sttabt.data import encode, load_examples
+    from sttabt.data import encode_for_task, get_task, load_examples
 
     examples = load_examples(grid.task, grid.split, grid.data_dir, limit=count)
-    return encode(tokenizer, examples, grid.max_length)
+    return encode_for_task(get_task(grid.task), tokenizer, examples, grid.max_length)
 
 
 def _time_one(
@@ -83,7 +83,7 @@ def _time_one(
     from sttabt.data import collate
     from sttabt.utils import inference
 
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = getattr(tokenizer, "pad_token_id", None) or 0
     batches = []
     for start in range(0, len(features), size):
         batch = collate(features[start : start + size], pad_id)

@@ -54,7 +54,8 @@ def compute_metrics(task: str, predictions: Any, labels: Any) -> dict[str, float
             raise SttabtError(f"{spec.name} needs integer class ids (or logits) as predictions and labels")
         pred = pred.astype(np.int64)
         gold = gold.astype(np.int64)
-        if gold.min(initial=0) < 0 or gold.max(initial=0) >= spec.num_labels:
+        too_big = spec.num_labels and gold.max(initial=0) >= spec.num_labels  # 0: set by the data
+        if gold.min(initial=0) < 0 or too_big:
             raise SttabtError(
                 f"labels outside 0..{spec.num_labels - 1} for {spec.name} (unlabelled test split?)"
             )
@@ -71,7 +72,8 @@ def compute_metrics(task: str, predictions: Any, labels: Any) -> dict[str, float
             out[name] = float(f1_score(gold, pred, pos_label=1, average="binary", zero_division=0))
         elif name == "macro_f1":
             out[name] = float(
-                f1_score(gold, pred, labels=list(range(spec.num_labels)), average="macro", zero_division=0)
+                f1_score(gold, pred, labels=list(range(spec.num_labels)) or None, average="macro",
+                         zero_division=0)  # fmt: skip
             )
         elif name == "matthews_corr":
             out[name] = float(matthews_corrcoef(gold, pred))

@@ -18,7 +18,7 @@ from sttabt import validate
 from sttabt.errors import SttabtError
 from sttabt.evaluate import EvalConfig, run_evaluation, write_outputs
 from sttabt.methods import MethodOptions
-from sttabt.utils import atomic_write_json, atomic_write_text
+from sttabt.utils import atomic_write_json, atomic_write_text, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -118,15 +118,15 @@ def run_sweep(
     earlier sweep's files in ``out_dir`` are removed first, so no stale run is left beside the new ones.
     """
     from sttabt.approxnet import teacher_fingerprint
-    from sttabt.data import resolved_data_dir
-    from sttabt.models import load_text_classifier
+    from sttabt.data import get_task, resolved_data_dir
+    from sttabt.evaluate import load_for_task, model_config_of
 
     check_sweep(base, keeps, methods, approx)
     out_dir = Path(out_dir)
     if model is None:
-        base.check_model(_model_config(base.model))
-        model, tokenizer = load_text_classifier(base.model)
-    base.check_model(model.config)
+        base.check_model(model_config_of(base.model))
+    model, tokenizer = load_for_task(base.model, get_task(base.task), model, tokenizer)
+    base.check_model(getattr(model, "config", None))
     approxnet = None
     if "abt" in methods:
         from sttabt.approxnet import ApproxNet
@@ -193,12 +193,6 @@ def run_sweep(
     atomic_write_text(out_dir / "summary.md", summary_markdown(summary))
     plot_summary(summary, out_dir / "accuracy_vs_flops.png")
     return rows
-
-
-def _model_config(name: str) -> Any:
-    from sttabt.models import load_model_config
-
-    return load_model_config(name)
 
 
 def _settings_line(summary: dict[str, Any]) -> str:
@@ -280,7 +274,5 @@ def plot_summary(summary: dict[str, Any], path: str | Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp)
+    save_figure(fig, path, "png")
     plt.close(fig)
-    tmp.replace(path)

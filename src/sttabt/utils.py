@@ -85,6 +85,21 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def save_figure(fig: Any, path: str | os.PathLike, fmt: str | None = None, **kwargs: Any) -> None:
+    """``fig.savefig`` through a hidden temporary file and a rename (readers never see half a picture)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = fmt or path.suffix.lstrip(".") or "png"
+    tmp = path.with_name(f".{path.name}.tmp.{fmt}")
+    try:
+        fig.savefig(tmp, format=fmt, **kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def atomic_write_json(path: str | os.PathLike, payload: Any) -> None:
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False, default=_jsonable) + "\n")
 

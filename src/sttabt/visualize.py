@@ -100,3 +100,76 @@ def write_page(
         + "</body></html>\n"
     )
     atomic_write_text(path, page)
+
+
+# ------------------------------------------------------------------------------------------------ images
+#: How much of a dropped patch's brightness is left in the picture, and the tint added to it (so that
+#: a dropped black patch still shows).
+DIMMED = 0.3
+DROPPED_TINT = (0.35, 0.08, 0.08)
+
+
+def patch_mask_image(
+    kept: Sequence[bool], grid: tuple[int, int], patch: tuple[int, int], prefix: int
+) -> list[list[bool]]:
+    """Pixel-level kept mask ``(H, W)`` for one image: token ``prefix + r * grid_w + c`` is patch (r, c)."""
+    rows, cols = grid
+    height, width = rows * patch[0], cols * patch[1]
+    mask = [[False] * width for _ in range(height)]
+    for index in range(rows * cols):
+        if kept[prefix + index]:
+            r, c = divmod(index, cols)
+            for y in range(r * patch[0], (r + 1) * patch[0]):
+                mask[y][c * patch[1] : (c + 1) * patch[1]] = [True] * patch[1]
+    return mask
+
+
+def kept_patches_png(
+    path: str | Path,
+    images,
+    key_sets: Sequence,
+    *,
+    patch: tuple[int, int],
+    prefix: int,
+    row_titles: Sequence[str] = (),
+    title: str = "",
+) -> None:
+    """A PNG grid, one row per image and one column per layer l = 0..L-1 (the patches S_l reads); patches
+    that a layer no longer reads are dimmed and tinted red. ``images`` is ``(N, C, H, W)`` in [0, 1]
+    (C = 1 or 3); ``key_sets[l]`` is ``(N, T)`` bool. Written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from sttabt.utils import save_figure
+
+    pictures = np.asarray(images, dtype=np.float32)
+    count, channels, height, width = pictures.shape
+    grid = (height // patch[0], width // patch[1])
+    layers = len(key_sets) - 1
+    tint = np.asarray(DROPPED_TINT, dtype=np.float32)
+    fig, axes = plt.subplots(count, layers + 1, figsize=(1.3 * (layers + 1), 1.45 * count), squeeze=False)
+    for i in range(count):
+        rgb = np.repeat(pictures[i], 3, axis=0) if channels == 1 else pictures[i]
+        rgb = rgb.transpose(1, 2, 0)[: grid[0] * patch[0], : grid[1] * patch[1]]
+        axes[i][0].imshow(rgb, interpolation="nearest")
+        axes[i][0].set_title(row_titles[i] if i < len(row_titles) else "input", fontsize=7)
+        for layer in range(layers):
+            kept = [bool(v) for v in np.asarray(key_sets[layer][i])]
+            mask = np.asarray(patch_mask_image(kept, grid, patch, prefix), dtype=np.float32)[..., None]
+            shown = rgb * (mask + (1 - mask) * DIMMED) + (1 - mask) * tint
+            ax = axes[i][layer + 1]
+            ax.imshow(np.clip(shown, 0, 1), interpolation="nearest")
+            if i == 0:
+                ax.set_title(f"layer {layer}", fontsize=7)
+            ax.set_xlabel(f"{sum(kept[prefix:])}/{grid[0] * grid[1]}", fontsize=6, labelpad=1)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path, "png", dpi=110)
+    plt.close(fig)

@@ -32,6 +32,10 @@ class EncoderAdapter(ABC):
     #: Whether a keep ratio k is a fraction of the non-prefix tokens (P + ceil(k·(n-P)) kept: images) or
     #: of all tokens with the prefix counted in (ceil(k·n): the STTABT text convention).
     keep_ratio_excludes_prefix: bool = False
+    #: Image backbones: input channels, ``(height, width)`` and ``(patch height, patch width)``.
+    image_channels: int | None = None
+    image_size: tuple[int, int] | None = None
+    patch_size: tuple[int, int] | None = None
 
     @property
     def token_prefix(self) -> TokenPrefix:

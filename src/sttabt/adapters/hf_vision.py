@@ -64,6 +64,10 @@ class HFViTClassifierAdapter(EncoderAdapter):
         self.prefix_tokens = prefix
         self.readout_tokens = len(self.heads)
         self.shape = _shape(config, self.base, len(self.heads))
+        patches = self.base.embeddings.patch_embeddings
+        self.image_channels = int(patches.num_channels)
+        self.image_size = _pair(patches.image_size)
+        self.patch_size = _pair(patches.patch_size)
 
     # -- embeddings ---------------------------------------------------------------------------------------
     def embed(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -59,6 +59,10 @@ class TimmViTAdapter(EncoderAdapter):
         self.prefix_tokens = int(model.num_prefix_tokens)
         self.readout_tokens = 2 if self.distilled else 1
         self.shape = _shape(model, self.readout_tokens)
+        patch = model.patch_embed
+        self.image_channels = int(patch.proj.in_channels)
+        self.image_size = tuple(int(v) for v in patch.img_size)
+        self.patch_size = tuple(int(v) for v in patch.patch_size)
 
     # -- embeddings ---------------------------------------------------------------------------------------
     def embed(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:

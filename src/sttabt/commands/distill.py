@@ -28,11 +28,15 @@ def register(sub) -> None:
         description=__doc__.split("\n\n")[0].split(": ", 1)[-1],
     )
     p.add_argument("--teacher", required=True, help="the fine-tuned classifier (directory, Hub id or alias)")
-    p.add_argument("--task", required=True, help="GLUE task name or bbc")
+    p.add_argument("--task", required=True, help="GLUE task name, bbc, or an image task (fashion-mnist, "
+                   "digits, imagenet, imagefolder)")  # fmt: skip
     p.add_argument("--output", required=True,
                    help="directory for the ApproxNet (an earlier distill output is replaced)")  # fmt: skip
     add_overwrite_argument(p)
     p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    p.add_argument("--eval-data-dir", default=None,
+                   help="read the dev split of the quality report from here instead of --data-dir (images: "
+                        "e.g. distil on ImageNet sample images, report on validation images)")  # fmt: skip
     p.add_argument("--factor", type=positive_int_arg, default=None,
                    help="width reduction f: hidden and FFN sizes / f, same heads (default 4)")  # fmt: skip
     p.add_argument("--general-corpus", default=None,
@@ -92,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         task=args.task,
         output=args.output,
         data_dir=args.data_dir,
+        eval_data_dir=args.eval_data_dir,
         factor=args.factor,
         general_corpus=args.general_corpus,
         general_teacher=args.general_teacher,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from sttabt.commands.common import DATA_DIR_HELP, add_overwrite_argument
-from sttabt.data import TASKS
+from sttabt.data import TASKS, get_task
 from sttabt.validate import positive_int_arg
 
 #: The file an earlier ``sttabt finetune`` leaves in its output directory.
@@ -18,15 +18,21 @@ OUTPUT_MARKERS = ("train_log.json",)
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "finetune",
-        help="fine-tune a dense text classifier (model selection on a held-out slice of train)",
+        help="fine-tune a dense text or image classifier (model selection on a held-out slice of train)",
         description=(
             "Fine-tune a BERT-family classifier on a task, keep the epoch with the best metric on a "
             "held-out slice of the train split, score it once on the dev split, and save it (safetensors, "
             "tokenizer and train_log.json) into --output."
         ),
     )
-    p.add_argument("--model", required=True, help="local model directory, Hub id, or 'minilm'")
-    p.add_argument("--task", required=True, help=f"one of {', '.join(TASKS)} (aliases like SST-2 work)")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="local model directory, Hub id, or 'minilm'; images: also a ViT preset (vit-small-fmnist, "
+        "vit-tiny-digits: new weights) or timm:<architecture>",
+    )
+    names = ", ".join(t.name for t in TASKS.values())
+    p.add_argument("--task", required=True, help=f"one of {names} (aliases like SST-2 work)")
     p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     p.add_argument(
         "--output", required=True, help="directory for the model (an earlier finetune output is replaced)"
@@ -68,6 +74,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="batch examples of similar length together (much less padding; faster on CPU)",
     )
     p.add_argument("--no-dev-eval", action="store_true", help="skip the final dev-split evaluation")
+    p.add_argument(
+        "--no-augment",
+        action="store_true",
+        help="image tasks: no training augmentation (default: random shifts, flips except digits, erasing)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (off anyway without a TTY)")
     p.set_defaults(func=run)
 
@@ -79,6 +90,10 @@ def check_arguments(args: argparse.Namespace) -> None:
 
     validate.output_dir(args.output, "--output", owned_by=OUTPUT_MARKERS, overwrite=args.overwrite)
     validate.dtype(args.dtype, validate.device(args.device, "--device"), "--dtype")
+    if get_task(args.task).is_image:
+        if not args.model.startswith("timm:"):
+            load_model_config(args.model)  # a missing directory or bad config fails here, not after the data
+        return
     validate.max_length(args.max_length, load_model_config(args.model), "--max-length")
 
 
@@ -109,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         max_grad_norm=args.max_grad_norm,
         group_by_length=args.group_by_length,
         eval_dev=not args.no_dev_eval,
+        augment=not args.no_augment,
         progress=not args.no_progress,
     )
     record = finetune(config)

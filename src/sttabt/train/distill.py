@@ -13,7 +13,9 @@
 Weights: 1 / 1 / 1 / 1 in task distillation; ``L_pred`` is off (0) in general distillation.
 
 Stage 1 (general) distils on unlabeled text made GLUE-like by :mod:`sttabt.train.augment`; stage 2 (task)
-distils on the task's training inputs (labels unused: the teacher's outputs are the targets). In both,
+distils on the task's training inputs (labels unused: the teacher's outputs are the targets). Images
+(ViT/DeiT teachers) have no text augmentation: both stages distil on the training images under seeded
+random shifts, flips and erasing (:func:`sttabt.images.augment_pixels`), stage 1 without L_pred. In both,
 the checkpoint with the lowest attention KL on a held-out slice of the *training* data is kept (never the
 dev split, Pitfall R14). Optimiser: AdamW, lr 1e-4, weight decay 1e-4 except on biases and LayerNorm
 weights, gradient clipping at 0.5, constant learning rate.
@@ -22,19 +24,22 @@ weights, gradient clipping at 0.5, constant learning rate.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sttabt.adapters.hf_text import HFTextClassifierAdapter
+from sttabt.adapters.base import EncoderAdapter
+from sttabt.adapters.lookup import adapter_for
 from sttabt.approxnet import ApproxNet, EncoderTrace, trace_encoder
 from sttabt.errors import SttabtError
 from sttabt.train.loop import LoopConfig, LoopResult, make_accelerator, train_loop
@@ -43,7 +48,7 @@ from sttabt.utils import atomic_directory, atomic_write_json, autocast, set_seed
 log = logging.getLogger(__name__)
 
 Batch = Mapping[str, torch.Tensor]
-MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
 
 
 # -- losses --------------------------------------------------------------------------------------------------
@@ -118,7 +123,7 @@ def distill_loss(
     approx: ApproxNet, batch: Batch, teacher: EncoderTrace, weights: LossWeights = TASK_WEIGHTS
 ) -> DistillLoss:
     """All four terms for one batch; ``teacher`` is :func:`teacher_targets` of the same batch."""
-    valid = batch["attention_mask"].bool()
+    valid = teacher.valid
     out = approx(batch, embeddings=weights.emb != 0)
     att = attention_kl(teacher.attentions, out.scores, valid)
     zero = att.new_zeros(())
@@ -136,7 +141,7 @@ def distill_loss(
     return DistillLoss(total, att, hid, emb, pred)
 
 
-def teacher_targets(teacher: nn.Module | HFTextClassifierAdapter, batch: Batch) -> EncoderTrace:
+def teacher_targets(teacher: nn.Module | EncoderAdapter, batch: Batch) -> EncoderTrace:
     """The teacher's attention, hidden states, embeddings and logits (no gradients)."""
     with torch.no_grad():
         return trace_encoder(teacher, batch, embeddings=True)
@@ -145,7 +150,7 @@ def teacher_targets(teacher: nn.Module | HFTextClassifierAdapter, batch: Batch) 
 # -- attention quality ---------------------------------------------------------------------------------------
 def attention_quality(
     approx: ApproxNet,
-    teacher: nn.Module | HFTextClassifierAdapter,
+    teacher: nn.Module | EncoderAdapter,
     batches: Iterable[Batch],
     *,
     device: torch.device | None = None,
@@ -162,7 +167,7 @@ def attention_quality(
 
 def sharded_quality(
     approx: ApproxNet,
-    teacher: nn.Module | HFTextClassifierAdapter,
+    teacher: nn.Module | EncoderAdapter,
     batches: Sequence[Batch],
     accelerator: Any,
     dtype: str = "fp32",
@@ -175,14 +180,14 @@ def sharded_quality(
 
 def quality_sums(
     approx: ApproxNet,
-    teacher: nn.Module | HFTextClassifierAdapter,
+    teacher: nn.Module | EncoderAdapter,
     batches: Iterable[Batch],
     *,
     device: torch.device | None = None,
     dtype: str = "fp32",
 ) -> torch.Tensor:
     """``[sum of per-example KL, sum of per-example MSE, examples]`` (float64) over ``batches``."""
-    adapter = teacher if isinstance(teacher, HFTextClassifierAdapter) else HFTextClassifierAdapter(teacher)
+    adapter = adapter_for(teacher)
     device = device or next(approx.parameters()).device
     was_training = (approx.training, adapter.model.training)
     approx.eval()
@@ -192,8 +197,8 @@ def quality_sums(
         with torch.no_grad(), autocast(device, dtype):
             for raw in batches:
                 batch = _to_device(raw, device)
-                valid = batch["attention_mask"].bool()
                 target = trace_encoder(adapter, batch)
+                valid = target.valid
                 out = approx(batch, embeddings=False)
                 layers = list(zip(target.attentions, out.scores, out.attentions, strict=True))
                 kl = torch.stack([_kl_per_sample(t, s, valid) for t, s, _ in layers]).mean(0)
@@ -249,7 +254,7 @@ class DistillObjective(nn.Module):
     The teacher is held outside the module tree: it is frozen and must not be wrapped or synchronised.
     """
 
-    def __init__(self, approx: ApproxNet, teacher: HFTextClassifierAdapter, weights: LossWeights):
+    def __init__(self, approx: ApproxNet, teacher: EncoderAdapter, weights: LossWeights):
         super().__init__()
         self.approx = approx
         self._teacher = (teacher,)
@@ -278,7 +283,7 @@ def run_stage(
     kept model worse on held-out data; ``start`` is its held-out evaluation when already known (the
     previous stage's best).
     """
-    adapter = HFTextClassifierAdapter(teacher)
+    adapter = adapter_for(teacher)
     teacher.eval()
     approx.to(accelerator.device)
     wrapped = accelerator.prepare_model(DistillObjective(approx, adapter, config.weights))
@@ -318,14 +323,14 @@ def length_grouped_batches(
     """
     import numpy as np
 
-    from sttabt.data import collate
+    from sttabt.data import collate, feature_length
 
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(features)).tolist()
     pool = batch_size * group
     chunks: list[list[int]] = []
     for start in range(0, len(order), pool):
-        members = sorted(order[start : start + pool], key=lambda i: len(features[i]["input_ids"]))
+        members = sorted(order[start : start + pool], key=lambda i: feature_length(features[i]))
         chunks.extend(members[i : i + batch_size] for i in range(0, len(members), batch_size))
     for index in rng.permutation(len(chunks)).tolist():
         yield collate([features[i] for i in chunks[index]], pad_token_id)
@@ -348,6 +353,7 @@ class DistillConfig:
     task: str
     output: str
     data_dir: str | None = None
+    eval_data_dir: str | None = None  # where the dev split of the quality report is read (None: data_dir)
     factor: int | None = None  # None: 4, or the factor of --init
     general_corpus: str | None = None
     general_teacher: str | None = None  # None: the task teacher
@@ -417,13 +423,23 @@ def general_lines(examples: Sequence[Any], limit: int | None = None) -> list[str
 @dataclass
 class _Teacher:
     model: nn.Module
-    tokenizer: Any
+    tokenizer: Any  # text: the tokenizer; images: the model's ImageTransform
     path: str
     fingerprint: str
+    spec: Any  # the task (TaskSpec)
+
+    @property
+    def is_image(self) -> bool:
+        return self.spec.is_image
 
     @property
     def pad_id(self) -> int:
-        return int(self.tokenizer.pad_token_id)
+        return 0 if self.is_image else int(self.tokenizer.pad_token_id)
+
+    def encode(self, examples: Sequence[Any], max_length: int) -> list[dict[str, Any]]:
+        from sttabt.data import encode_for_task
+
+        return encode_for_task(self.spec, self.tokenizer, examples, max_length)
 
 
 @dataclass
@@ -453,10 +469,10 @@ def distill(config: DistillConfig) -> dict[str, Any]:
     autocast(accelerator.device, config.dtype)  # refuses fp16 on CPU before any loading
     set_seed(config.seed)
     pool = load_examples(spec.name, "train", config.data_dir, limit=config.max_train_examples)
-    dev_ex = load_examples(spec.name, "dev", config.data_dir, limit=config.quality_examples)
-    corpus = (
-        _general_corpus(config, spec.name, pool) if config.general_epochs > 0 and not config.init else None
-    )
+    dev_ex = load_examples(spec.name, "dev", config.eval_data_dir or config.data_dir,
+                           limit=config.quality_examples)  # fmt: skip
+    general = config.general_epochs > 0 and not config.init
+    corpus = _general_corpus(config, spec.name, pool) if general and not spec.is_image else None
     teacher = _load_teacher(config.teacher, spec)
     if config.max_length > int(getattr(teacher.model.config, "max_position_embeddings", config.max_length)):
         raise SttabtError(
@@ -485,10 +501,10 @@ def distill(config: DistillConfig) -> dict[str, Any]:
     qualities: dict[str, Any] = {"split": "dev", "examples": len(dev_ex), start_label: quality(start_label)}
     stages: dict[str, Any] = {}
     general_snapshot = None
-    if corpus is not None:
-        stages["general"], general_snapshot = _general_stage(
-            config, approx, teacher, corpus, data, accelerator
-        )
+    if corpus is not None or (general and teacher.is_image):
+        stage = _general_image_stage if teacher.is_image else functools.partial(_general_stage, corpus=corpus)
+        stages["general"], general_snapshot = stage(config, approx, teacher, data=data,
+                                                    accelerator=accelerator)  # fmt: skip
         qualities["general"] = quality("general")
     if config.epochs > 0:
         start = stages["general"]["best"] if "general" in stages else None
@@ -514,8 +530,15 @@ def _info(accelerator: Any, message: str, *args: Any) -> None:
 
 def _load_teacher(name: str, spec: Any) -> _Teacher:
     from sttabt.approxnet import teacher_fingerprint
-    from sttabt.models import load_text_classifier, resolve_model_path
+    from sttabt.models import load_image_classifier, load_text_classifier, resolve_model_path
 
+    if spec.is_image:
+        from sttabt.images import transform_for
+
+        model, _ = load_image_classifier(name)
+        path = resolve_model_path(name)
+        transform = transform_for(model, path if Path(path).exists() else None)
+        return _Teacher(model, transform, path, teacher_fingerprint(model), spec)
     model, tokenizer = load_text_classifier(name)
     if int(model.config.num_labels) != spec.num_labels:
         raise SttabtError(
@@ -524,25 +547,23 @@ def _load_teacher(name: str, spec: Any) -> _Teacher:
         )
     if tokenizer.pad_token_id is None:
         raise SttabtError(f"the tokenizer of {name} has no padding token")
-    return _Teacher(model, tokenizer, resolve_model_path(name), teacher_fingerprint(model))
+    return _Teacher(model, tokenizer, resolve_model_path(name), teacher_fingerprint(model), spec)
 
 
 def _encode_data(config: DistillConfig, pool: list[Any], dev_ex: list[Any], teacher: _Teacher) -> _Data:
     """Encode train, held-out and dev; evaluation batches are grouped by length (less padding)."""
-    from sttabt.data import batches, encode, split_train_heldout
+    from sttabt.data import batches, feature_length, split_train_heldout
 
     train_ex, held_ex = split_train_heldout(pool, config.heldout_fraction, config.seed)
     if config.max_heldout_examples is not None:
         held_ex = held_ex[: config.max_heldout_examples]
 
     def eval_batches(examples: list[Any]) -> list[Batch]:
-        feats = sorted(
-            encode(teacher.tokenizer, examples, config.max_length), key=lambda f: len(f["input_ids"])
-        )
+        feats = sorted(teacher.encode(examples, config.max_length), key=feature_length)
         return list(batches(feats, config.eval_batch_size, teacher.pad_id))
 
     counts = {"train": len(train_ex), "heldout": len(held_ex), "dev": len(dev_ex)}
-    train_f = encode(teacher.tokenizer, train_ex, config.max_length)
+    train_f = teacher.encode(train_ex, config.max_length)
     return _Data(train_ex, train_f, eval_batches(held_ex), eval_batches(dev_ex), counts)
 
 
@@ -607,8 +628,8 @@ def _general_teacher(config: DistillConfig, teacher: _Teacher, device: torch.dev
 
 
 def _general_stage(
-    config: DistillConfig, approx: ApproxNet, teacher: _Teacher, corpus: tuple[list[str], str], data: _Data,
-    accelerator: Any,
+    config: DistillConfig, approx: ApproxNet, teacher: _Teacher, *, corpus: tuple[list[str], str],
+    data: _Data, accelerator: Any,
 ) -> tuple[dict[str, Any], ApproxNet]:  # fmt: skip
     """Stage 1 on GLUE-like augmented text; returns its log entry and a CPU copy of the result."""
     from sttabt.approxnet import teacher_fingerprint
@@ -644,6 +665,45 @@ def _general_stage(
     return entry, copy.deepcopy(approx).cpu()
 
 
+def _augmented_image_batches(config: DistillConfig, data: _Data, seed: int, fill) -> Iterator[Batch]:
+    """One epoch of seeded, augmented training images (shifts, flips, erasing): images have no
+    GLUE-like text augmentation, so both stages see the training images under the teacher's kind of
+    training augmentation."""
+    from sttabt.data import batches
+    from sttabt.images import augment_pixels
+
+    generator = torch.Generator().manual_seed(seed)
+    flip = config.task.replace("_", "").replace("-", "").lower() != "digits"
+    for batch in batches(data.train, config.batch_size, 0, shuffle=True, seed=seed):
+        pixels = augment_pixels(batch["pixel_values"], generator, flip=flip, fill=fill)
+        yield {**batch, "pixel_values": pixels}
+
+
+def _general_image_stage(
+    config: DistillConfig, approx: ApproxNet, teacher: _Teacher, *, data: _Data, accelerator: Any
+) -> tuple[dict[str, Any], ApproxNet]:
+    """Stage 1 for images: the general weights (no prediction loss) on augmented training images."""
+    _info(accelerator, "general stage: %d augmented training images, %d epoch(s)", len(data.train),
+          config.general_epochs)  # fmt: skip
+    black = teacher.tokenizer.black()
+
+    def general_batches(epoch: int) -> Iterator[Batch]:
+        return _augmented_image_batches(config, data, config.seed * 7919 + epoch, black)
+
+    result = run_stage(
+        approx, teacher.model, general_batches,
+        math.ceil(len(data.train) / config.batch_size), data.heldout,
+        _stage_config(config, "general", config.general_epochs, GENERAL_WEIGHTS), accelerator,
+    )  # fmt: skip
+    approx.approx_config.stage = "general"
+    corpus = "augmented training images"
+    approx.approx_config.history.append({"stage": "general", "teacher": teacher.path, "corpus": corpus,
+                                         **_best(result)})  # fmt: skip
+    entry = {**result.to_dict(), "name": "general", "corpus": corpus, "lines": len(data.train),
+             "teacher": teacher.path}  # fmt: skip
+    return entry, copy.deepcopy(approx).cpu()
+
+
 def _task_stage(
     config: DistillConfig,
     approx: ApproxNet,
@@ -656,6 +716,8 @@ def _task_stage(
 
     def task_batches(epoch: int) -> Iterator[Batch]:
         seed = config.seed * 7919 + 1000 + epoch
+        if teacher.is_image:
+            return _augmented_image_batches(config, data, seed, teacher.tokenizer.black())
         return length_grouped_batches(data.train, config.batch_size, teacher.pad_id, seed=seed)
 
     result = run_stage(
@@ -690,7 +752,11 @@ def _record(
     shape = approx.cost_shape()
     lengths = torch.tensor([128])
     approx_flops = float(dense_cost(shape, lengths).flops[0])
-    teacher_flops = float(dense_cost(HFTextClassifierAdapter(teacher.model).shape, lengths).flops[0])
+    teacher_shape = adapter_for(teacher.model).shape
+    teacher_flops = float(dense_cost(teacher_shape, lengths).flops[0])
+    tokens = _tokens(teacher.model) if teacher.is_image else 128
+    at_tokens = torch.tensor([tokens])
+    relative = float(dense_cost(shape, at_tokens).flops[0] / dense_cost(teacher_shape, at_tokens).flops[0])
     return {
         "config": asdict(config),
         "task": task,
@@ -709,6 +775,8 @@ def _record(
             "flops_at_128_tokens": approx_flops,
             "teacher_flops_at_128_tokens": teacher_flops,
             "relative_flops_at_128_tokens": approx_flops / teacher_flops,
+            "flops_tokens": tokens,  # 128 for text; an image's token count (prefix + patches)
+            "relative_flops": relative,
         },
         "examples": data.counts,
         "stages": stages,
@@ -723,6 +791,14 @@ def _record(
         },
         "output": str(Path(config.output).resolve()),
     }
+
+
+def _tokens(model: nn.Module) -> int:
+    """Tokens of one image: the prefix plus the patches."""
+    adapter = adapter_for(model)
+    (height, width), (patch_h, patch_w) = adapter.image_size, adapter.patch_size
+    patches = (height // patch_h) * (width // patch_w)
+    return adapter.prefix_tokens + patches
 
 
 def _write(output: str, approx: ApproxNet, general: ApproxNet | None, record: dict[str, Any]) -> None:
@@ -740,12 +816,13 @@ def summary_line(record: dict[str, Any]) -> str:
     """One line for the terminal: dev attention quality before and after, the cost, the output."""
     q = record["quality"]
     start = "init" if "init" in q else "untrained"
+    relative = record["approxnet"].get("relative_flops", record["approxnet"]["relative_flops_at_128_tokens"])
     parts = [f"{record['task']} f={record['approxnet']['factor']}: dev attention KL {q[start]['kl']:.4f}"]
     if "general" in q:
         parts.append(f" -> {q['general']['kl']:.4f} (general)")
     parts.append(
         f" -> {q['distilled']['kl']:.4f}, MSE {q[start]['mse']:.5f} -> {q['distilled']['mse']:.5f} | "
-        f"{100 * record['approxnet']['relative_flops_at_128_tokens']:.2f} % of the teacher's FLOPs | "
+        f"{100 * relative:.2f} % of the teacher's FLOPs | "
         f"{record['wall_seconds']:.0f} s -> {record['output']}"
     )
     return "".join(parts)

@@ -28,7 +28,15 @@ from typing import Any
 
 import torch
 
-from sttabt.data import LABEL_NAMES, batches, encode, get_task, load_examples, split_train_heldout
+from sttabt.data import (
+    LABEL_NAMES,
+    batches,
+    encode_for_task,
+    feature_length,
+    get_task,
+    load_examples,
+    split_train_heldout,
+)
 from sttabt.errors import SttabtError
 from sttabt.metrics import compute_metrics, primary_metric
 from sttabt.progress import track
@@ -71,6 +79,7 @@ class FinetuneConfig:
     group_by_length: bool = False
     eval_dev: bool = True
     progress: bool = True
+    augment: bool = True  # image tasks: random shifts, flips (not digits) and erasing while training
 
     def validate(self) -> None:
         checks = [
@@ -119,9 +128,9 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     accelerator = make_accelerator(config.device)
     autocast(accelerator.device, config.dtype)  # refuses fp16 on CPU before any loading
     examples = _load_examples(config, spec)  # data errors come before the model is loaded
-    model, tokenizer = _load_model(config, spec)
-    data = _Data(*(encode(tokenizer, part, config.max_length) for part in examples))
-    pad_id = tokenizer.pad_token_id
+    model, processor = _load_model(config, spec)
+    data = _Data(*(encode_for_task(spec, processor, part, config.max_length) for part in examples))
+    pad_id = 0 if spec.is_image else processor.pad_token_id
     loop = LoopConfig(
         name="fine-tuning", epochs=config.epochs,
         batches_per_epoch=math.ceil(len(data.train) / config.batch_size),
@@ -143,8 +152,11 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
 
     def epoch_batches(epoch: int):
         seed = config.seed * 1000 + epoch + 1  # epochs count from 1 here, as they always did
-        return batches(data.train, config.batch_size, pad_id, shuffle=True, seed=seed,
-                       group_by_length=config.group_by_length)  # fmt: skip
+        epoch_data = batches(data.train, config.batch_size, pad_id, shuffle=True, seed=seed,
+                             group_by_length=config.group_by_length)  # fmt: skip
+        if spec.is_image and config.augment:
+            return _augmented(epoch_data, seed, flip=spec.name != "digits", fill=processor.black())
+        return epoch_data
 
     def evaluate() -> dict[str, Any]:
         metrics, rate, seconds = _evaluate(model, data.heldout, spec.name, accelerator, config, pad_id)
@@ -159,17 +171,21 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     record["wall_seconds"] = time.perf_counter() - started
     record["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     if accelerator.is_main_process:
-        _save(model, tokenizer, config.output, record)
+        _save(model, processor, config.output, record)
         log.info("saved the epoch-%d model to %s", record["best_epoch"], config.output)
     accelerator.wait_for_everyone()
     return record
 
 
 def _load_model(config: FinetuneConfig, spec: Any) -> tuple[torch.nn.Module, Any]:
-    """The backbone with a head for the task (drawn from the seed), checked against the run's lengths."""
-    from sttabt.models import load_text_classifier
+    """The backbone with a head for the task (drawn from the seed), checked against the run's lengths;
+    with its tokenizer (text) or :class:`~sttabt.images.ImageTransform` (images)."""
+    from sttabt.models import image_classifier_for_training, load_text_classifier
 
     set_seed(config.seed)  # the new classification head is drawn from this seed
+    if spec.is_image:
+        labels = spec.num_labels or _folder_labels(config, spec)
+        return image_classifier_for_training(config.model, labels, LABEL_NAMES.get(spec.name))
     problem_type = "regression" if spec.is_regression else "single_label_classification"
     model, tokenizer = load_text_classifier(
         config.model, num_labels=spec.num_labels, problem_type=problem_type
@@ -181,6 +197,25 @@ def _load_model(config: FinetuneConfig, spec: Any) -> tuple[torch.nn.Module, Any
     if max_pos is not None and config.max_length > max_pos:
         raise SttabtError(f"max length {config.max_length} exceeds the model's {max_pos} positions")
     return model, tokenizer
+
+
+def _folder_labels(config: FinetuneConfig, spec: Any) -> int:
+    from sttabt.images import folder_num_labels
+
+    labels = folder_num_labels(spec.name, config.data_dir)
+    if labels is None:
+        raise SttabtError(f"cannot tell how many classes {config.data_dir} has; use a local image folder")
+    return labels
+
+
+def _augmented(epoch_batches, seed: int, *, flip: bool, fill: Sequence[float]):
+    """The epoch's batches with seeded image augmentation (the same for a seed, whatever the processes)."""
+    from sttabt.images import augment_pixels
+
+    generator = torch.Generator().manual_seed(seed)
+    for batch in epoch_batches:
+        pixels = augment_pixels(batch["pixel_values"], generator, flip=flip, fill=fill)
+        yield {**batch, "pixel_values": pixels}
 
 
 def _load_examples(config: FinetuneConfig, spec: Any) -> tuple[list[Any], list[Any], list[Any]]:
@@ -309,7 +344,7 @@ def _evaluate(
     model.eval()
     start = time.perf_counter()
     rank, procs = accelerator.process_index, accelerator.num_processes
-    by_length = sorted(range(len(features)), key=lambda i: (-len(features[i]["input_ids"]), i))
+    by_length = sorted(range(len(features)), key=lambda i: (-feature_length(features[i]), i))
     mine = by_length[rank::procs]
     width = spec.num_labels
     shard_len = math.ceil(len(features) / procs)
@@ -338,8 +373,11 @@ def _evaluate(
     return metrics, (len(features) / seconds if seconds > 0 else float("nan")), seconds
 
 
-def _save(model: Any, tokenizer: Any, output: str, record: dict[str, Any]) -> None:
-    """Write model (safetensors), tokenizer and log into a temp dir that replaces ``output`` at once."""
+def _save(model: Any, processor: Any, output: str, record: dict[str, Any]) -> None:
+    """Write model (safetensors), tokenizer or image-processor config and log into a temp dir that
+    replaces ``output`` at once."""
+    from sttabt.images import ImageTransform, hf_processor_config
+
     kwargs = (
         {"safe_serialization": True}
         if "safe_serialization" in inspect.signature(model.save_pretrained).parameters
@@ -347,7 +385,10 @@ def _save(model: Any, tokenizer: Any, output: str, record: dict[str, Any]) -> No
     )  # transformers >= 5 always writes safetensors and has no such flag
     with atomic_directory(output) as tmp:
         model.save_pretrained(tmp, **kwargs)
-        tokenizer.save_pretrained(tmp)
+        if isinstance(processor, ImageTransform):
+            atomic_write_json(tmp / "preprocessor_config.json", hf_processor_config(processor))
+        else:
+            processor.save_pretrained(tmp)
         if not any(tmp.glob("*.safetensors")) or any(tmp.glob("*.bin")):
             raise SttabtError(f"expected safetensors weights only in {tmp}, got {sorted(os.listdir(tmp))}")
         atomic_write_json(tmp / LOG_NAME, record)

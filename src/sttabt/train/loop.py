@@ -175,7 +175,7 @@ class _Trainer:
             step_start = time.perf_counter()
             batch = {k: v.to(self.device) for k, v in raw.items() if v is not None}
             terms = self._step(batch)
-            n = int(batch["input_ids"].shape[0])
+            n = int(batch_size_of(batch))
             for key, value in terms.items():
                 sums[key] = sums.get(key, torch.zeros_like(seen)) + value.detach().double() * n
             seen += n
@@ -257,6 +257,14 @@ class _Trainer:
             log.info("%s: step %d held-out %s%s", self.config.name, self.global_step, shown,
                      " (best)" if improved else "")  # fmt: skip
         return record
+
+
+def batch_size_of(batch: Batch) -> int:
+    """Examples in a batch: the first dimension of its inputs (token ids or pixels)."""
+    inputs = batch.get("input_ids", batch.get("pixel_values"))
+    if inputs is None:
+        raise SttabtError("a training batch needs input_ids or pixel_values")
+    return int(inputs.shape[0])
 
 
 def _figures(record: Mapping[str, Any]) -> str:
