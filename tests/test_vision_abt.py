@@ -83,7 +83,8 @@ def test_abt_on_images_is_batch_invariant_and_keeps_the_prefix(case):
 def test_abt_keep_all_on_a_vit_equals_the_dense_model():
     teacher = make("hf-vit")
     torch.manual_seed(0)
-    options = MethodOptions(keep=1.0, approx="<in memory>", extra={"approxnet": ApproxNet.from_teacher(teacher, 2)})
+    approx = ApproxNet.from_teacher(teacher, 2)
+    options = MethodOptions(keep=1.0, approx="<in memory>", extra={"approxnet": approx})
     pixels = images(3)
     with torch.no_grad():
         out = SparseEncoder(teacher)(pixels_batch(pixels), build_selector("abt", teacher, options))
@@ -97,10 +98,11 @@ def test_bench_times_image_models(method, approx):
 
     from sttabt.bench import BenchConfig, run_benchmark
 
-    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                       intermediate_size=64, num_labels=5)  # fmt: skip
-    result = run_benchmark(BenchConfig(model="tiny-vit", model_config=config, method=method, keep=0.5,
-                                       approx=approx, batch_size=3, warmup=0, repeats=1, device="cpu"))  # fmt: skip
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                       num_attention_heads=4, intermediate_size=64, num_labels=5)  # fmt: skip
+    bench = BenchConfig(model="tiny-vit", model_config=config, method=method, keep=0.5, approx=approx,
+                        batch_size=3, warmup=0, repeats=1, device="cpu")  # fmt: skip
+    result = run_benchmark(bench)
     assert result["inputs"]["image_size"] == [32, 32] and result["inputs"]["real_length_max"] == 17
     assert result["seq_len"] is None and result["flops"]["relative"] < 1.0
     assert result["logit_check"]["runtime_dense_vs_hf_max_abs_diff"] < 1e-4

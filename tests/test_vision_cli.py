@@ -15,8 +15,8 @@ COMMON = ["--no-progress"]
 @pytest.fixture(scope="module")
 def digits_teacher(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("vit") / "digits"
-    argv = ["finetune", "--model", "vit-tiny-digits", "--task", "digits", "--output", str(out), "--epochs", "2",
-            "--lr", "2e-3", "--batch-size", "64", "--max-train-examples", "400", *COMMON]  # fmt: skip
+    argv = ["finetune", "--model", "vit-tiny-digits", "--task", "digits", "--output", str(out),
+            "--epochs", "2", "--lr", "2e-3", "--batch-size", "64", "--max-train-examples", "400", *COMMON]  # fmt: skip
     assert run_cli(argv) == 0
     return out
 
@@ -70,8 +70,8 @@ def test_visualize_writes_a_png_grid(digits_teacher, digits_approx, tmp_path):
     from PIL import Image
 
     out = tmp_path / "kept.png"
-    argv = ["visualize", "--model", str(digits_teacher), "--task", "digits", "--method", "abt", "--keep", "0.4",
-            "--approx", str(digits_approx), "--examples", "3", "--output", str(out)]  # fmt: skip
+    argv = ["visualize", "--model", str(digits_teacher), "--task", "digits", "--method", "abt",
+            "--keep", "0.4", "--approx", str(digits_approx), "--examples", "3", "--output", str(out)]  # fmt: skip
     assert run_cli(argv) == 0
     with Image.open(out) as picture:
         width, height = picture.size
