@@ -16,7 +16,8 @@ COMMON = ["--no-progress"]
 def digits_teacher(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("vit") / "digits"
     argv = ["finetune", "--model", "vit-tiny-digits", "--task", "digits", "--output", str(out),
-            "--epochs", "2", "--lr", "2e-3", "--batch-size", "64", "--max-train-examples", "400", *COMMON]  # fmt: skip
+            "--epochs", "2", "--lr", "2e-3", "--batch-size", "64", "--max-train-examples", "400",
+            *COMMON]  # fmt: skip
     assert run_cli(argv) == 0
     return out
 
@@ -71,7 +72,8 @@ def test_visualize_writes_a_png_grid(digits_teacher, digits_approx, tmp_path):
 
     out = tmp_path / "kept.png"
     argv = ["visualize", "--model", str(digits_teacher), "--task", "digits", "--method", "abt",
-            "--keep", "0.4", "--approx", str(digits_approx), "--examples", "3", "--output", str(out)]  # fmt: skip
+            "--keep", "0.4", "--approx", str(digits_approx), "--examples", "3",
+            "--output", str(out)]  # fmt: skip
     assert run_cli(argv) == 0
     with Image.open(out) as picture:
         width, height = picture.size
