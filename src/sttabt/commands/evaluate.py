@@ -6,11 +6,10 @@ import argparse
 
 from sttabt import validate
 from sttabt.commands.common import (
-    DATA_DIR_HELP,
-    SPLIT_HELP,
     add_method_arguments,
     add_protocol_argument,
     add_runtime_arguments,
+    add_task_arguments,
     method_options_from_args,
 )
 from sttabt.errors import SttabtError
@@ -18,10 +17,7 @@ from sttabt.errors import SttabtError
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("evaluate", help="evaluate a classifier with a pruning method")
-    parser.add_argument("--model", required=True, help="fine-tuned classifier: Hub id or local directory")
-    parser.add_argument("--task", required=True, help="GLUE task (sst2, mrpc, ...) or bbc")
-    parser.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
-    parser.add_argument("--split", default="dev", help=SPLIT_HELP)
+    add_task_arguments(parser)
     add_method_arguments(parser)
     parser.add_argument("--batch-size", type=validate.positive_int_arg, default=32, help="default 32")
     parser.add_argument(

@@ -11,10 +11,9 @@ from pathlib import Path
 
 from sttabt import validate
 from sttabt.commands.common import (
-    DATA_DIR_HELP,
-    SPLIT_HELP,
     add_method_arguments,
     add_runtime_arguments,
+    add_task_arguments,
     method_options_from_args,
 )
 from sttabt.errors import SttabtError
@@ -24,10 +23,7 @@ MAX_EXAMPLES = 16
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("visualize", help="picture the tokens (patches) each layer keeps")
-    parser.add_argument("--model", required=True, help="fine-tuned classifier: Hub id or local directory")
-    parser.add_argument("--task", required=True, help="task (images: fashion-mnist, digits, imagenet, ...)")
-    parser.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
-    parser.add_argument("--split", default="dev", help=SPLIT_HELP)
+    add_task_arguments(parser)
     add_method_arguments(parser)
     parser.add_argument(
         "--examples", type=validate.positive_int_arg, default=4, help=f"the first N (<= {MAX_EXAMPLES})"
