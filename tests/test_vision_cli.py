@@ -37,7 +37,7 @@ def test_finetune_saves_a_self_contained_image_classifier(digits_teacher):
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "train_log.json"} <= files
     assert not any(name.endswith((".bin", ".pt")) for name in files)
     log = json.loads((digits_teacher / "train_log.json").read_text())
-    assert log["examples"] == {"train": 360, "heldout": 40, "dev": 359} and log["dev"]["split"] == "dev"
+    assert log["examples"] == {"train": 360, "heldout": 40, "dev": 359} and log["dev"]["split"] == "test"
     config = json.loads((digits_teacher / "config.json").read_text())
     assert config["id2label"]["3"] == "3" and config["image_size"] == 8
 

@@ -251,7 +251,8 @@ def _hf_image_model(name: str):
 # ------------------------------------------------------------------------------------- image presets
 #: Small ViTs to train from scratch (``sttabt finetune --model vit-small-fmnist``): ViT config keys, and
 #: the normalisation (mean, std) of their images. Sizes chosen for a 2-core CPU: vit-small-fmnist trains
-#: at about 200 images/s in fp32 (bf16 autocast was 12x slower there), 49 patches + CLS.
+#: at about 200 images/s in fp32 on two AVX2 cores (where bf16 autocast is 8x slower: no native bf16),
+#: 49 patches + CLS.
 IMAGE_PRESETS: dict[str, dict[str, Any]] = {
     "vit-small-fmnist": {
         "config": {"image_size": 28, "patch_size": 4, "num_channels": 1, "hidden_size": 128,

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 LOG_NAME = "train_log.json"
 #: The split that ``load_examples(task, "dev")`` actually reads, recorded in the log.
-_DEV_FILE = {"mnli": "dev_matched", "bbc": "test"}
+_DEV_FILE = {"mnli": "dev_matched", "bbc": "test", "fashion-mnist": "test", "digits": "test"}
 
 
 @dataclass
