@@ -34,6 +34,7 @@ import torch
 
 from sttabt import validate
 from sttabt.adapters.base import EncoderAdapter
+from sttabt.adapters.hf_vision import BASES
 from sttabt.adapters.lookup import adapter_for
 from sttabt.core.flops import dense_cost, dense_counts, macs_by_kind
 from sttabt.errors import SttabtError
@@ -197,7 +198,7 @@ def _vision_model(config: BenchConfig) -> torch.nn.Module | None:
     only), or an HF/timm image-classifier directory; None for text models."""
     import transformers
 
-    from sttabt.models import TIMM_PREFIX, load_image_classifier
+    from sttabt.models import TIMM_PREFIX, load_image_classifier, timm_directory
 
     name = config.model
     if config.model_config is not None:
@@ -208,11 +209,12 @@ def _vision_model(config: BenchConfig) -> torch.nn.Module | None:
         return transformers.ViTForImageClassification(transformers.ViTConfig(num_labels=1000, **shape))
     if name.startswith(TIMM_PREFIX):
         return load_image_classifier(name, random_weights=True)[0]
+    if timm_directory(name) is not None:
+        return load_image_classifier(name)[0]
     config_file = Path(name) / "config.json"
-    if config_file.is_file():
-        saved = json.loads(config_file.read_text(encoding="utf-8"))
-        if "architecture" in saved or saved.get("model_type") in ("vit", "deit"):
-            return load_image_classifier(name)[0]
+    saved = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    if saved.get("model_type") in BASES:
+        return load_image_classifier(name)[0]
     return None
 
 

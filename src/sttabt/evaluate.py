@@ -209,17 +209,13 @@ def run_evaluation(config: EvalConfig, model=None, tokenizer=None) -> EvalRun:
 
 def model_config_of(name: str, model: Any = None) -> Any:
     """The HF config to check against the task, without loading weights; None for timm models."""
-    from sttabt.models import TIMM_PREFIX, load_model_config
+    from sttabt.models import TIMM_PREFIX, load_model_config, timm_directory
 
     if model is not None:
         return getattr(model, "config", None)
-    if str(name).startswith(TIMM_PREFIX) or (Path(name) / "config.json").is_file() and _is_timm_dir(name):
+    if str(name).startswith(TIMM_PREFIX) or timm_directory(str(name)) is not None:
         return None
     return load_model_config(name)
-
-
-def _is_timm_dir(name: str) -> bool:
-    return "architecture" in json.loads((Path(name) / "config.json").read_text(encoding="utf-8"))
 
 
 def load_for_task(name: str, task: Any, model: Any = None, processor: Any = None) -> tuple[Any, Any]:

@@ -406,3 +406,17 @@ def augment_pixels(pixels: torch.Tensor, generator: torch.Generator, *, flip: bo
             top, left = int(boxes[i][2] * (height - eh)), int(boxes[i][3] * (width - ew))
             out[i, :, top : top + eh, left : left + ew] = 0
     return out
+
+
+#: Tasks whose images must not be mirrored (a flipped digit is another digit, or none).
+NO_FLIP_TASKS = frozenset({"digits"})
+
+
+def augmented_batches(batches, seed: int, task: str, transform: ImageTransform):
+    """``batches`` with seeded :func:`augment_pixels` (the same for a seed, whatever the processes): shifts
+    filled with the transform's black, flips unless the task forbids them, erasing."""
+    generator = torch.Generator().manual_seed(seed)
+    flip, fill = task not in NO_FLIP_TASKS, transform.black()
+    for batch in batches:
+        pixels = augment_pixels(batch["pixel_values"], generator, flip=flip, fill=fill)
+        yield {**batch, "pixel_values": pixels}

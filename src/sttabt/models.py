@@ -174,8 +174,8 @@ def load_image_classifier(
         raise SttabtError(f"refusing pickled weights {checkpoint}: convert them to .safetensors")
     if name.startswith(TIMM_PREFIX):
         model = _timm_model(name[len(TIMM_PREFIX) :], checkpoint, random_weights, timm_kwargs)
-    elif _timm_directory(name) is not None:
-        architecture, config = _timm_directory(name)
+    elif timm_directory(name) is not None:
+        architecture, config = timm_directory(name)
         weights = Path(name) / "model.safetensors"
         model = _timm_model(architecture, checkpoint or weights, False, {**config, **timm_kwargs})
     else:
@@ -184,7 +184,7 @@ def load_image_classifier(
     return model, adapter_for(model)
 
 
-def _timm_directory(path: str) -> tuple[str, dict[str, Any]] | None:
+def timm_directory(path: str) -> tuple[str, dict[str, Any]] | None:
     """``(architecture, create_model kwargs)`` of a timm model directory, or ``None`` if it is not one."""
     import json
 
@@ -287,7 +287,7 @@ def image_classifier_for_training(name: str, num_labels: int, label_names: Any =
         size = (preset["config"]["image_size"],) * 2
         transform = ImageTransform(preset["config"]["num_channels"], preset["mean"], preset["std"],
                                    resize=size, resample=2)  # fmt: skip
-    elif name.startswith(TIMM_PREFIX) or _timm_directory(name) is not None:
+    elif name.startswith(TIMM_PREFIX) or timm_directory(name) is not None:
         model, _ = load_image_classifier(name)
         if int(model.num_classes) != num_labels:
             model.reset_classifier(num_labels)

@@ -665,18 +665,17 @@ def _general_stage(
     return entry, copy.deepcopy(approx).cpu()
 
 
-def _augmented_image_batches(config: DistillConfig, data: _Data, seed: int, fill) -> Iterator[Batch]:
+def _augmented_image_batches(
+    config: DistillConfig, data: _Data, teacher: _Teacher, seed: int
+) -> Iterator[Batch]:
     """One epoch of seeded, augmented training images (shifts, flips, erasing): images have no
     GLUE-like text augmentation, so both stages see the training images under the teacher's kind of
     training augmentation."""
     from sttabt.data import batches
-    from sttabt.images import augment_pixels
+    from sttabt.images import augmented_batches
 
-    generator = torch.Generator().manual_seed(seed)
-    flip = config.task.replace("_", "").replace("-", "").lower() != "digits"
-    for batch in batches(data.train, config.batch_size, 0, shuffle=True, seed=seed):
-        pixels = augment_pixels(batch["pixel_values"], generator, flip=flip, fill=fill)
-        yield {**batch, "pixel_values": pixels}
+    epoch = batches(data.train, config.batch_size, 0, shuffle=True, seed=seed)
+    return augmented_batches(epoch, seed, teacher.spec.name, teacher.tokenizer)
 
 
 def _general_image_stage(
@@ -685,10 +684,8 @@ def _general_image_stage(
     """Stage 1 for images: the general weights (no prediction loss) on augmented training images."""
     _info(accelerator, "general stage: %d augmented training images, %d epoch(s)", len(data.train),
           config.general_epochs)  # fmt: skip
-    black = teacher.tokenizer.black()
-
     def general_batches(epoch: int) -> Iterator[Batch]:
-        return _augmented_image_batches(config, data, config.seed * 7919 + epoch, black)
+        return _augmented_image_batches(config, data, teacher, config.seed * 7919 + epoch)
 
     result = run_stage(
         approx, teacher.model, general_batches,
@@ -717,7 +714,7 @@ def _task_stage(
     def task_batches(epoch: int) -> Iterator[Batch]:
         seed = config.seed * 7919 + 1000 + epoch
         if teacher.is_image:
-            return _augmented_image_batches(config, data, seed, teacher.tokenizer.black())
+            return _augmented_image_batches(config, data, teacher, seed)
         return length_grouped_batches(data.train, config.batch_size, teacher.pad_id, seed=seed)
 
     result = run_stage(

@@ -151,11 +151,13 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         return {"loss": wrapped(**batch).loss}
 
     def epoch_batches(epoch: int):
+        from sttabt.images import augmented_batches
+
         seed = config.seed * 1000 + epoch + 1  # epochs count from 1 here, as they always did
         epoch_data = batches(data.train, config.batch_size, pad_id, shuffle=True, seed=seed,
                              group_by_length=config.group_by_length)  # fmt: skip
         if spec.is_image and config.augment:
-            return _augmented(epoch_data, seed, flip=spec.name != "digits", fill=processor.black())
+            return augmented_batches(epoch_data, seed, spec.name, processor)
         return epoch_data
 
     def evaluate() -> dict[str, Any]:
@@ -206,16 +208,6 @@ def _folder_labels(config: FinetuneConfig, spec: Any) -> int:
     if labels is None:
         raise SttabtError(f"cannot tell how many classes {config.data_dir} has; use a local image folder")
     return labels
-
-
-def _augmented(epoch_batches, seed: int, *, flip: bool, fill: Sequence[float]):
-    """The epoch's batches with seeded image augmentation (the same for a seed, whatever the processes)."""
-    from sttabt.images import augment_pixels
-
-    generator = torch.Generator().manual_seed(seed)
-    for batch in epoch_batches:
-        pixels = augment_pixels(batch["pixel_values"], generator, flip=flip, fill=fill)
-        yield {**batch, "pixel_values": pixels}
 
 
 def _load_examples(config: FinetuneConfig, spec: Any) -> tuple[list[Any], list[Any], list[Any]]:
