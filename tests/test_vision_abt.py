@@ -106,3 +106,14 @@ def test_bench_times_image_models(method, approx):
     assert result["inputs"]["image_size"] == [32, 32] and result["inputs"]["real_length_max"] == 17
     assert result["seq_len"] is None and result["flops"]["relative"] < 1.0
     assert result["logit_check"]["runtime_dense_vs_hf_max_abs_diff"] < 1e-4
+    assert result["dense_reference"] == "HF dense"
+
+
+def test_bench_times_timm_models_against_their_own_forward():
+    from sttabt.bench import BenchConfig, format_summary, run_benchmark
+
+    bench = BenchConfig(model="timm:vit_tiny_patch16_224", method="topk", keep=0.5, batch_size=1, warmup=0,
+                        repeats=1, device="cpu")  # fmt: skip
+    result = run_benchmark(bench)
+    assert result["dense_reference"] == "timm dense" and "timm dense" in format_summary(result)
+    assert result["inputs"]["real_length_max"] == 197 and result["flops"]["relative"] < 1.0

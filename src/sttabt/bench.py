@@ -390,8 +390,8 @@ def _run(config: BenchConfig, device: torch.device) -> dict[str, Any]:
     setup = _setup(config, device)
     load_start = _load_average()
     log.info(
-        "timing %s / %s on %s (%s), batch %d x %d, %d warm-up + %d rounds",
-        config.model, config.method, device, config.dtype, config.batch_size, config.seq_len,
+        "timing %s / %s on %s (%s), batch %d x %d tokens, %d warm-up + %d rounds",
+        config.model, config.method, device, config.dtype, config.batch_size, int(setup.real_lengths.max()),
         config.warmup, config.repeats,
     )  # fmt: skip
     with inference(device, config.dtype):
@@ -418,6 +418,7 @@ def _describe(config: BenchConfig, device: torch.device, setup: _Setup) -> dict[
     shape, model_cfg, real = setup.adapter.shape, getattr(setup.model, "config", None), setup.real_lengths
     return {
         "model": config.model,
+        "dense_reference": "HF dense" if model_cfg is not None else "timm dense",
         "model_shape": {
             "num_layers": shape.num_layers,
             "hidden_size": shape.hidden_size,
@@ -591,7 +592,8 @@ def format_summary(result: dict[str, Any]) -> str:
         f"{result['model']} / {result['method']}{keep} | {device} threads={result['threads']} "
         f"| {shape} | {result['warmup']} warm-up + {result['repeats']} rounds",
     ]
-    for name, label in (("hf_dense", "HF dense"), ("runtime_dense", "runtime dense"), ("method", "method")):
+    upstream = result.get("dense_reference", "HF dense")
+    for name, label in (("hf_dense", upstream), ("runtime_dense", "runtime dense"), ("method", "method")):
         if name not in t:
             continue
         s = t[name]
