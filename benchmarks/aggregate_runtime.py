@@ -118,7 +118,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         "# Runtime wall-clock benchmark",
         "",
         f"Device: {'; '.join(devices) or 'n/a'}.{load} Times are medians in ms. "
-        "Dense = the unmodified HF forward; "
+        "Dense = the unmodified HF forward (timm's own forward for timm models); "
         "speed-up = dense / method; ideal = dense FLOPs / method FLOPs (incl. method overhead); "
         "efficiency = speed-up / ideal. Targets: ≥ 0.85 at batch 32, ≥ 0.7 at batch 1 (ABT at ≤ 128 "
         "tokens: ≥ 0.8 and ≥ 0.6). "
