@@ -12,11 +12,14 @@
 #   ONLY           run only configurations whose name contains this substring (e.g. ONLY=minilm_b1_)
 #   SKIP_EXISTING  1: keep results that already exist (resume an interrupted run)
 #   DTYPES         precisions to run (default: "fp32 bf16"; bf16 = autocast, weights stay fp32)
+#   APPROX         the ApproxNet (default: random, factor 4 with the model's heads; random:4x4 gives it
+#                  4 heads, the narrower ApproxNet of `sttabt distill --heads 4`)
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/_bench_common.sh"
 OUT="${OUT:-benchmarks/results/abt}"
 THREADS_LIST="${THREADS_LIST:-1 2}"
+APPROX="${APPROX:-random}"
 mkdir -p "$OUT"
 
 # Warm-up and timed rounds per (model, batch, seq); each round times HF dense and ABT once.
@@ -43,7 +46,7 @@ bench() {  # bench MODEL BATCH SEQ KEEP DTYPE THREADS
   read -r warmup repeats <<<"$(rounds "$model" "$batch" "$seq")"
   if skip "$name" "$OUT/$name.json"; then return 0; fi
   echo "== $name (warm-up $warmup, repeats $repeats)"
-  "$PY" -m sttabt bench --model "random:$model" --method abt --approx random --keep "$keep" \
+  "$PY" -m sttabt bench --model "random:$model" --method abt --approx "$APPROX" --keep "$keep" \
     --batch-size "$batch" --seq-len "$seq" --device "$DEVICE" --dtype "$dtype" --skip-runtime-dense \
     --warmup "$warmup" --repeats "$repeats" --threads "$threads" --seed 0 --output "$OUT/$name.json"
 }

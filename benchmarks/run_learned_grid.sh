@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Issue 8's SST-2 results: one teacher for every method (MiniLM-L6 fine-tuned on the full SST-2 train
+# Issue 8's results. SST-2: one teacher for every method (MiniLM-L6 fine-tuned on the full SST-2 train
 # split in bf16, which benchmarks/train_dtype_speed.py measured 1.46x faster than fp32 here), its factor-4
 # ApproxNet distilled longer than before, then the config grids (real lengths with latency, and the paper's
-# padded-length protocol). Models go to artifacts/ (git-ignored), results to benchmarks/results/.
+# padded-length protocol). BBC News (steps bbc, bbc-reference): the same grids on the `make demo` teacher
+# and ApproxNet, fp32. Models go to artifacts/ (git-ignored), results to benchmarks/results/.
 #
 #   bash benchmarks/run_learned_grid.sh                      # everything (about 1.5 h on 2 cores)
 #   STEPS="grid reference" bash benchmarks/run_learned_grid.sh   # the grids only, once the models exist
+#   STEPS="bbc bbc-reference" bash benchmarks/run_learned_grid.sh   # BBC News on the demo's models (make demo)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_bench_common.sh"
 STEPS="${STEPS:-teacher distill grid reference}"
@@ -21,4 +23,6 @@ has distill && run distill --teacher $A/minilm-sst2-full --task sst2 --factor 4 
 has distill && cp $A/approx-sst2-full-f4/distill_log.json benchmarks/results/sst2/approx_full_distill_log.json
 has grid && run sweep --config benchmarks/configs/sst2_grid.toml
 has reference && run sweep --config benchmarks/configs/sst2_grid_reference.toml
+has bbc && run sweep --config benchmarks/configs/bbc_grid.toml
+has bbc-reference && run sweep --config benchmarks/configs/bbc_grid_reference.toml
 exit 0

@@ -21,9 +21,10 @@ def model():
     return tiny_bert()
 
 
-@pytest.fixture(scope="module")
-def approx(model):
-    return tiny_approx(model)
+@pytest.fixture(scope="module", params=[None, 2], ids=["teacher-heads", "2-heads"])
+def approx(model, request):
+    """The teacher's 4 heads, and a narrower ApproxNet whose 2 heads each predict a pair's mean."""
+    return tiny_approx(model, heads=request.param)
 
 
 def test_rows_on_demand_equal_the_rows_of_full_maps(model):

@@ -59,6 +59,42 @@ def test_sizes_heads_and_projections():
     assert approx.approx_config.stage == "untrained"
 
 
+def test_fewer_heads_share_the_width_and_round_trip(tmp_path):
+    teacher = tiny_teacher()
+    approx = ApproxNet.from_teacher(teacher, 2, heads=2)
+    assert approx.model.config.num_attention_heads == approx.approx_config.num_heads == 2
+    assert approx.approx_config.heads == 2 and approx.approx_config.teacher_heads == 4
+    assert approx.model.bert.encoder.layer[0].attention.self.attention_head_size == 8  # (d/f) / heads
+    assert approx.cost_shape().num_heads == 2
+    with torch.no_grad():
+        maps = approx.attention_probs(tiny_batch())
+    assert maps[0].shape == (3, 2, 12, 12)
+    approx.save(tmp_path / "a")
+    loaded = ApproxNet.load(tmp_path / "a", teacher=teacher)
+    assert loaded.approx_config == approx.approx_config and loaded.model.config.num_attention_heads == 2
+    assert ApproxNet.from_teacher(teacher, 2, heads=4).approx_config.heads is None  # the teacher's count
+    saved = json.loads((tmp_path / "a" / CONFIG_NAME).read_text())
+    (tmp_path / "a" / CONFIG_NAME).write_text(json.dumps({**saved, "heads": 4}))
+    with pytest.raises(SttabtError, match="the model has 2 heads but approxnet.json says 4"):
+        ApproxNet.load(tmp_path / "a")
+
+
+@pytest.mark.parametrize("heads", [3, 8, 0, 1.5, True])
+def test_heads_must_divide_the_teachers(heads):
+    with pytest.raises(SttabtError, match="positive divisor of the teacher's 4 heads"):
+        ApproxNet.from_teacher(tiny_teacher(), 2, heads=heads)
+
+
+def test_teacher_heads_pool_into_group_means():
+    approx = ApproxNet.from_teacher(tiny_teacher(), 2, heads=2)
+    rows = torch.tensor([[0.5, 0.5], [1.0, 0.0], [0.2, 0.8], [0.0, 1.0]])  # 4 heads, one query row each
+    pooled = approx.pool_teacher_heads(rows.view(1, 4, 1, 2))
+    torch.testing.assert_close(pooled.view(2, 2), torch.tensor([[0.75, 0.25], [0.1, 0.9]]))
+    same = ApproxNet.from_teacher(tiny_teacher(), 2)
+    maps = torch.rand(1, 4, 3, 3)
+    assert same.pool_teacher_heads(maps) is maps
+
+
 @pytest.mark.parametrize("factor", [3, 16, 0])
 def test_factor_must_divide_sizes(factor):
     # 32/3 is not whole; 32/16 = 2 is not divisible by 4 heads; 0 is not a factor

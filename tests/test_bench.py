@@ -308,7 +308,15 @@ def test_abt_with_a_random_approxnet_needs_no_artifacts(dtype):
     assert "--approx random:2" in result["command"]
 
 
-@pytest.mark.parametrize("approx", ["random:0", "random:x", "random:"])
+def test_a_random_approxnet_with_fewer_heads_costs_less():
+    full = run_benchmark(tiny_bench(method="abt", approx="random:2", keep=1.0, repeats=2))
+    narrow = run_benchmark(tiny_bench(method="abt", approx="random:2x1", keep=1.0, repeats=2))
+    assert narrow["retention"] == full["retention"] == 1.0  # same sets: only the ApproxNet differs
+    assert narrow["flops"]["relative"] < full["flops"]["relative"]  # one softmax map per layer, not two
+    assert "--approx random:2x1" in narrow["command"]
+
+
+@pytest.mark.parametrize("approx", ["random:0", "random:x", "random:", "random:2x0", "random:2x"])
 def test_random_approx_factor_must_be_a_positive_integer(approx):
     with pytest.raises(SttabtError, match="random:F"):
         tiny_bench(method="abt", approx=approx, keep=0.3).validate()

@@ -121,19 +121,23 @@ def test_distill_loss_terms_and_weights():
     assert approx.hidden_projections[1].weight.grad.abs().sum() > 0  # P_{L-1} on hidden_states[L-1]
 
 
-def test_a_few_steps_reduce_the_attention_kl():
+@pytest.mark.parametrize("heads", [None, 2], ids=["teacher-heads", "two-heads"])
+def test_a_few_steps_reduce_the_attention_kl_to_the_pooled_targets(heads):
+    """With fewer heads, each student head is distilled against the mean of its group of teacher heads."""
     tok = tiny_tokenizer()
     teacher = tiny_teacher()
     batch = fixed_batch(tok, n=16)
     valid = batch["attention_mask"].bool()
     torch.manual_seed(0)
-    approx = ApproxNet.from_teacher(teacher, 2)
+    approx = ApproxNet.from_teacher(teacher, 2, heads=heads)
     target = teacher_targets(teacher, batch)
+    pooled = [approx.pool_teacher_heads(t) for t in target.attentions]
+    assert pooled[0].shape[1] == (heads or target.attentions[0].shape[1])
 
     def kl() -> float:
         approx.eval()
         with torch.no_grad():
-            return float(attention_kl(target.attentions, approx(batch).scores, valid))
+            return float(attention_kl(pooled, approx(batch).scores, valid))
 
     before = kl()
     optimizer = build_optimizer(approx, lr=3e-3, weight_decay=1e-4)
@@ -146,7 +150,21 @@ def test_a_few_steps_reduce_the_attention_kl():
         optimizer.step()
         approx.train()
     after = kl()
+    with torch.no_grad():
+        final = distill_loss(approx, batch, target, TASK_WEIGHTS)  # eval mode: no dropout
+    assert float(final.att) == pytest.approx(after, rel=1e-6)  # the loss is the KL to the pooled targets
     assert after < 0.7 * before, (before, after)
+
+
+def test_head_mean_kl_compares_approxnets_of_any_head_count():
+    tok = tiny_tokenizer()
+    teacher = tiny_teacher()
+    batches = [fixed_batch(tok, n=4, seed=s) for s in range(2)]
+    copy = attention_quality(ApproxNet.from_teacher(teacher, 1, init="interpolate"), teacher, batches)
+    assert copy["head_mean_kl"] == pytest.approx(0.0, abs=1e-5)
+    narrow = attention_quality(ApproxNet.from_teacher(teacher, 2, heads=1), teacher, batches)
+    # one head against the four-head mean: its per-head KL is the head-mean KL
+    assert narrow["kl"] == pytest.approx(narrow["head_mean_kl"], rel=1e-4) and narrow["kl"] > 0.01
 
 
 def test_run_stage_keeps_the_best_heldout_state():
@@ -363,6 +381,21 @@ def test_distill_command_end_to_end_and_deterministic(workspace):
     record_c = json.loads((workspace / "c" / "distill_log.json").read_text())
     assert "general" not in record_c["stages"] and "init" in record_c["quality"]
     assert record_c["quality"]["init"]["kl"] == pytest.approx(quality["general"]["kl"], rel=1e-6)
+
+
+def test_distill_command_with_fewer_heads(workspace, capsys):
+    assert _distill(workspace, "h", "--general-epochs", "0", "--epochs", "1", "--heads", "2") == 0
+    teacher = BertForSequenceClassification.from_pretrained(workspace / "teacher")
+    approx = ApproxNet.load(workspace / "h", teacher=teacher)
+    assert approx.approx_config.heads == 2 and approx.model.config.num_attention_heads == 2
+    record = json.loads((workspace / "h" / "distill_log.json").read_text())
+    assert record["config"]["heads"] == 2 and record["approxnet"]["shape"]["num_heads"] == 2
+    assert record["quality"]["distilled"]["head_mean_kl"] > 0
+    assert _distill(workspace, "x", "--heads", "3") == 2
+    assert "positive divisor of the teacher's 4 heads" in capsys.readouterr().err
+    assert _distill(workspace, "x", "--init", str(workspace / "h"), "--heads", "4") == 2
+    assert "has 2 heads, not --heads 4" in capsys.readouterr().err
+    assert not (workspace / "x").exists()
 
 
 def test_distill_command_user_errors(workspace, capsys):

@@ -20,11 +20,11 @@ def tiny_bert() -> BertForSequenceClassification:
     return BertForSequenceClassification(config).eval()
 
 
-def tiny_approx(model: BertForSequenceClassification):
+def tiny_approx(model: BertForSequenceClassification, heads: int | None = None):
     from sttabt.approxnet import ApproxNet
 
     torch.manual_seed(0)
-    return ApproxNet.from_teacher(model, factor=2, init="interpolate")
+    return ApproxNet.from_teacher(model, factor=2, init="interpolate", heads=heads)
 
 
 def id_batch(lengths: list[int], total: int | None = None, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -6,7 +6,11 @@ its attention is used at inference (its head is not), so its cost is that of its
 Architecture: the teacher's own model class and depth, the same number of heads, hidden and FFN sizes
 divided by the factor ``f`` (head dim = d_h / f), the same vocabulary, positions and token types (text)
 or image size, patches and prefix tokens (Hugging Face ViT/DeiT; §1.2 of the spec, with R12's
-interpolated init available as ``init="interpolate"``). Extra
+interpolated init available as ``init="interpolate"``). ``heads`` (a divisor of the teacher's head count)
+gives a narrower-headed ApproxNet: each of its heads is distilled against the mean of a group of
+H/heads consecutive teacher heads, so the mean over its heads, which back-tracking reads, still predicts the
+teacher's head mean, and its full-length softmax costs heads/H of the teacher's (ABT's max head reduction
+then takes the max over group means, not over the teacher's heads). Extra
 trainable projections exist only for the distillation losses: ``P_l: Linear(d/f -> d)``, **one per
 layer** l = 0..L-1 for ``hidden_states[0..L-1]`` (L_hid), and ``P_emb: Linear(d/f -> d)`` (L_emb).
 
@@ -208,6 +212,12 @@ class ApproxNetConfig:
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per distillation stage
     #: Image teachers: ``image_size``, ``patch_size``, ``num_channels`` (None for text).
     image_geometry: dict[str, Any] | None = None
+    #: The ApproxNet's own attention heads (None: the teacher's; each predicts a group's mean).
+    heads: int | None = None
+
+    @property
+    def num_heads(self) -> int:
+        return self.heads or self.teacher_heads
 
     def architecture(self) -> dict[str, Any]:
         arch = {
@@ -294,12 +304,14 @@ class ApproxNet(nn.Module):
         factor: int,
         *,
         init: str = "random",
+        heads: int | None = None,
         teacher_path: str | None = None,
         fingerprint: str | None = None,
     ) -> ApproxNet:
         """Build an untrained ApproxNet for ``teacher``, in eval mode on the teacher's device.
 
-        The projections (and everything, with ``init="random"``) are drawn from the global torch RNG.
+        ``heads`` (default: the teacher's) must divide the teacher's head count. The projections (and
+        everything, with ``init="random"``) are drawn from the global torch RNG.
         """
         if getattr(teacher, "config", None) is None:
             raise SttabtError(
@@ -311,13 +323,15 @@ class ApproxNet(nn.Module):
             raise SttabtError(f"ApproxNet factor must be a positive integer, got {factor!r}")
         if init not in INIT_MODES:
             raise SttabtError(f"unknown ApproxNet init {init!r}; choose one of {', '.join(INIT_MODES)}")
-        d, d_ff, heads = arch["hidden_size"], arch["intermediate_size"], arch["num_heads"]
+        d, d_ff, teacher_heads = arch["hidden_size"], arch["intermediate_size"], arch["num_heads"]
+        heads = checked_heads(heads, teacher_heads)
         if d % factor or d_ff % factor or (d // factor) % heads:
             raise SttabtError(
                 f"factor {factor} does not divide the teacher's sizes evenly (hidden {d}, FFN {d_ff}, "
                 f"{heads} heads: the ApproxNet needs hidden/f divisible by the head count)"
             )
         cfg = copy.deepcopy(teacher.config)
+        cfg.num_attention_heads = heads
         cfg.hidden_size = d // factor
         cfg.intermediate_size = d_ff // factor
         embedding_size = getattr(cfg, "embedding_size", None)  # ELECTRA factorised embeddings
@@ -333,7 +347,7 @@ class ApproxNet(nn.Module):
             model_type=arch["model_type"],
             teacher_layers=arch["num_layers"],
             teacher_hidden=d,
-            teacher_heads=heads,
+            teacher_heads=teacher_heads,
             teacher_intermediate=d_ff,
             num_labels=arch["num_labels"],
             vocab_size=arch.get("vocab_size", 0),
@@ -342,6 +356,7 @@ class ApproxNet(nn.Module):
             init=init,
             image_geometry={k: arch[k] for k in ("image_size", "patch_size", "num_channels")}
             if "image_size" in arch else None,
+            heads=None if heads == teacher_heads else heads,
         )
         approx = cls(model, config)
         return approx.to(next(teacher.parameters()).device).eval()
@@ -356,6 +371,14 @@ class ApproxNet(nn.Module):
     def attention_probs(self, batch: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
         """L attention maps ``(B, H, T, T)`` (probabilities, rows = queries) at full length, for ABT."""
         return self.forward(batch, embeddings=False).attentions
+
+    def pool_teacher_heads(self, attention: torch.Tensor) -> torch.Tensor:
+        """A teacher map ``(B, H, T, T)`` as this ApproxNet's targets: the mean of each group of heads."""
+        heads = self.approx_config.num_heads
+        if attention.shape[1] == heads:
+            return attention
+        batch, teacher_heads, *rows = attention.shape
+        return attention.reshape(batch, heads, teacher_heads // heads, *rows).mean(dim=2)
 
     def project_hidden(self, hidden_states: list[torch.Tensor]) -> list[torch.Tensor]:
         """``P_l(h_l)`` for l = 0..L-1 (the last layer's output is not distilled)."""
@@ -448,6 +471,11 @@ class ApproxNet(nn.Module):
             projections = load_file(str(directory / PROJECTIONS_NAME))
         except (OSError, ValueError, RuntimeError) as exc:
             raise SttabtError(f"cannot load the ApproxNet weights in {directory}: {exc}") from exc
+        if int(model.config.num_attention_heads) != config.num_heads:
+            raise SttabtError(
+                f"{directory}: the model has {model.config.num_attention_heads} heads but "
+                f"{CONFIG_NAME} says {config.num_heads}"
+            )
         approx = cls(model, config)
         missing, unexpected = approx.load_state_dict(projections, strict=False)
         missing = [m for m in missing if m.startswith(("hidden_projections.", "embedding_projection."))]
@@ -459,6 +487,18 @@ class ApproxNet(nn.Module):
         if teacher is not None:
             approx.check_teacher(teacher)
         return approx.eval()
+
+
+def checked_heads(heads: Any, teacher_heads: int) -> int:
+    """The ApproxNet's head count: the teacher's by default, else a divisor of it (one group per head)."""
+    if heads is None:
+        return teacher_heads
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 or teacher_heads % heads:
+        raise SttabtError(
+            f"ApproxNet heads must be a positive divisor of the teacher's {teacher_heads} heads, "
+            f"got {heads!r}"
+        )
+    return heads
 
 
 def _saved_model_class(directory: Path):

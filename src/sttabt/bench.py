@@ -110,19 +110,25 @@ class BenchConfig:
     def method_options(self) -> MethodOptions:
         return MethodOptions(keep=self.keep, schedule=self.schedule, approx=self.approx, p=self.p)
 
-    def random_approx_factor(self) -> int | None:
-        """The factor of ``--approx random[:F]`` (a random-init ApproxNet, for timing without training)."""
+    def random_approx(self) -> tuple[int, int | None] | None:
+        """``(F, H)`` of ``--approx random[:F[xH]]``: a random-init factor-F ApproxNet with H heads (default:
+        the model's), for timing without training; None for a directory."""
         if self.approx is None or not (self.approx == "random" or self.approx.startswith(RANDOM_PREFIX)):
             return None
         text = self.approx[len(RANDOM_PREFIX) :] if self.approx.startswith(RANDOM_PREFIX) else "4"
-        if not text.isdigit() or int(text) < 1:
-            raise SttabtError(f"--approx random:F needs a positive integer factor F, got {self.approx!r}")
-        return int(text)
+        factor, has_heads, heads = text.partition("x")
+        bad_heads = has_heads and (not heads.isdigit() or int(heads) < 1)
+        if not factor.isdigit() or int(factor) < 1 or bad_heads:
+            raise SttabtError(
+                "--approx random:F[xH] needs a positive integer factor F (and head count H), "
+                f"got {self.approx!r}"
+            )
+        return int(factor), int(heads) if heads else None
 
     def validate(self) -> None:
         """Cheap checks before any model is loaded, so a typo fails in milliseconds with a clear message."""
         validate_method(self.method, self.method_options(), strict=True)
-        self.random_approx_factor()
+        self.random_approx()
         validate.positive_int(self.batch_size, "--batch-size")
         validate.max_length(self.seq_len, name="--seq-len")
         if not 0.0 <= self.length_jitter < 1.0:
@@ -263,14 +269,15 @@ def make_inputs(
 
 
 def _method_options(config: BenchConfig, model: torch.nn.Module) -> MethodOptions:
-    """The method's options, with a freshly drawn ApproxNet (seeded) for ``--approx random[:F]``."""
+    """The method's options, with a freshly drawn ApproxNet (seeded) for ``--approx random[:F[xH]]``."""
     options = config.method_options()
-    factor = config.random_approx_factor()
-    if factor is not None:
+    spec = config.random_approx()
+    if spec is not None:
         from sttabt.approxnet import ApproxNet
 
         torch.manual_seed(config.seed + 1)
-        options.extra["approxnet"] = ApproxNet.from_teacher(model, factor, fingerprint="random")
+        factor, heads = spec
+        options.extra["approxnet"] = ApproxNet.from_teacher(model, factor, heads=heads, fingerprint="random")
     return options
 
 

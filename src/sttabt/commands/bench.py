@@ -31,8 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--approx",
         default=None,
         metavar="DIR",
-        help="distilled ApproxNet directory (ABT), or random[:F]: a random-init factor-F ApproxNet of the "
-        "model's shape (F = 4 by default), for timing without trained artifacts",
+        help="distilled ApproxNet directory (ABT), or random[:F[xH]]: a random-init factor-F ApproxNet of "
+        "the model's shape (F = 4 by default) with H heads (default: the model's), for timing without "
+        "trained artifacts",
     )
     p.add_argument(
         "--p", type=validate.p_arg, default=0.1, help="ABT impact-mixing constant p in [0, 1] (default 0.1)"

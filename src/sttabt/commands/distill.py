@@ -38,7 +38,11 @@ def register(sub) -> None:
                    help="read the dev split of the quality report from here instead of --data-dir (images: "
                         "e.g. distil on ImageNet sample images, report on validation images)")  # fmt: skip
     p.add_argument("--factor", type=positive_int_arg, default=None,
-                   help="width reduction f: hidden and FFN sizes / f, same heads (default 4)")  # fmt: skip
+                   help="width reduction f: hidden and FFN sizes / f (default 4)")  # fmt: skip
+    p.add_argument("--heads", type=positive_int_arg, default=None,
+                   help="the ApproxNet's attention heads, a divisor of the teacher's (default: the "
+                        "teacher's); each is distilled against the mean of a group of teacher heads, "
+                        "which makes ABT's full-length ApproxNet softmax cheaper")  # fmt: skip
     p.add_argument("--general-corpus", default=None,
                    help="text file for general distillation (default: the task's train inputs)")  # fmt: skip
     p.add_argument("--general-teacher", default=None,
@@ -78,11 +82,17 @@ def register(sub) -> None:
 def check_arguments(args: argparse.Namespace) -> None:
     """Output directory, device, dtype and max length against the teacher, before anything loads."""
     from sttabt import validate
+    from sttabt.approxnet import checked_heads
     from sttabt.models import load_model_config
 
     validate.output_dir(args.output, "--output", owned_by=OUTPUT_MARKERS, overwrite=args.overwrite)
     validate.dtype(args.dtype, validate.device(args.device, "--device"), "--dtype")
-    validate.max_length(args.max_length, load_model_config(args.teacher), "--max-length")
+    teacher_config = load_model_config(args.teacher)
+    validate.max_length(args.max_length, teacher_config, "--max-length")
+    heads = getattr(args, "heads", None)  # namespaces built by hand may omit it
+    teacher_heads = getattr(teacher_config, "num_attention_heads", None)
+    if heads is not None and teacher_heads is not None:
+        checked_heads(heads, int(teacher_heads))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         eval_data_dir=args.eval_data_dir,
         factor=args.factor,
+        heads=args.heads,
         general_corpus=args.general_corpus,
         general_teacher=args.general_teacher,
         general_epochs=args.general_epochs,

@@ -86,6 +86,14 @@ def _kl_per_sample(teacher: torch.Tensor, student_scores: torch.Tensor, valid: t
     return ((rows * weight).sum(dim=-1) / weight.sum(dim=-1).clamp(min=1)).mean(dim=1)
 
 
+def _head_mean_kl(teacher: torch.Tensor, student: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """KL per sample between the head-averaged maps, what back-tracking reads (comparable across head
+    counts); the student's mean is a probability mixture, floored before its log."""
+    t = teacher.float().mean(dim=1, keepdim=True)
+    s = student.float().mean(dim=1, keepdim=True).clamp(min=1e-12)
+    return _kl_per_sample(t, s.log(), valid)
+
+
 def _mse_per_sample(teacher: torch.Tensor, student: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Attention MSE per sample ``(B,)`` over valid (query, key) pairs and heads."""
     pairs = (valid[:, :, None] & valid[:, None, :]).float()[:, None]  # (B, 1, T, T)
@@ -125,7 +133,7 @@ def distill_loss(
     """All four terms for one batch; ``teacher`` is :func:`teacher_targets` of the same batch."""
     valid = teacher.valid
     out = approx(batch, embeddings=weights.emb != 0)
-    att = attention_kl(teacher.attentions, out.scores, valid)
+    att = attention_kl([approx.pool_teacher_heads(t) for t in teacher.attentions], out.scores, valid)
     zero = att.new_zeros(())
     hid = zero
     if weights.hid:
@@ -186,13 +194,13 @@ def quality_sums(
     device: torch.device | None = None,
     dtype: str = "fp32",
 ) -> torch.Tensor:
-    """``[sum of per-example KL, sum of per-example MSE, examples]`` (float64) over ``batches``."""
+    """``[sum of per-example KL, sum of MSE, examples, sum of head-mean KL]`` (float64) over ``batches``."""
     adapter = adapter_for(teacher)
     device = device or next(approx.parameters()).device
     was_training = (approx.training, adapter.model.training)
     approx.eval()
     adapter.model.eval()
-    sums = torch.zeros(3, dtype=torch.float64)
+    sums = torch.zeros(4, dtype=torch.float64)
     try:
         with torch.no_grad(), autocast(device, dtype):
             for raw in batches:
@@ -200,11 +208,13 @@ def quality_sums(
                 target = trace_encoder(adapter, batch)
                 valid = target.valid
                 out = approx(batch, embeddings=False)
-                layers = list(zip(target.attentions, out.scores, out.attentions, strict=True))
+                targets = [approx.pool_teacher_heads(t) for t in target.attentions]
+                layers = list(zip(targets, out.scores, out.attentions, strict=True))
                 kl = torch.stack([_kl_per_sample(t, s, valid) for t, s, _ in layers]).mean(0)
                 mse = torch.stack([_mse_per_sample(t, a, valid) for t, _, a in layers]).mean(0)
+                mean_kl = torch.stack([_head_mean_kl(t, a, valid) for t, _, a in layers]).mean(0)
                 sums += torch.stack([kl.double().sum(), mse.double().sum(), kl.new_tensor(valid.shape[0])
-                                     .double()]).cpu()  # fmt: skip
+                                     .double(), mean_kl.double().sum()]).cpu()  # fmt: skip
     finally:
         approx.train(was_training[0])
         adapter.model.train(was_training[1])
@@ -215,7 +225,8 @@ def _quality_means(sums: torch.Tensor) -> dict[str, float]:
     count = int(round(float(sums[2])))
     if count == 0:
         raise SttabtError("attention quality needs at least one example")
-    return {"kl": float(sums[0]) / count, "mse": float(sums[1]) / count, "examples": count}
+    means = {"kl": float(sums[0]) / count, "mse": float(sums[1]) / count, "examples": count}
+    return {**means, "head_mean_kl": float(sums[3]) / count}
 
 
 # -- training ------------------------------------------------------------------------------------------------
@@ -355,6 +366,7 @@ class DistillConfig:
     data_dir: str | None = None
     eval_data_dir: str | None = None  # where the dev split of the quality report is read (None: data_dir)
     factor: int | None = None  # None: 4, or the factor of --init
+    heads: int | None = None  # the ApproxNet's heads (None: the teacher's, or those of --init)
     general_corpus: str | None = None
     general_teacher: str | None = None  # None: the task teacher
     general_epochs: int = 1
@@ -383,6 +395,7 @@ class DistillConfig:
 
         checks = [
             (self.factor is None or self.factor >= 1, f"factor must be >= 1, got {self.factor}"),
+            (self.heads is None or self.heads >= 1, f"heads must be >= 1, got {self.heads}"),
             (self.general_epochs >= 0, f"general epochs must be >= 0, got {self.general_epochs}"),
             (self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}"),
             (self.lr > 0, f"learning rate must be positive, got {self.lr}"),
@@ -494,8 +507,9 @@ def distill(config: DistillConfig) -> dict[str, Any]:
     def quality(label: str) -> dict[str, float]:
         result = sharded_quality(approx, teacher.model, data.dev, accelerator, config.dtype)
         _info(
-            accelerator, "%s ApproxNet, dev attention: KL %.4f MSE %.6f", label, result["kl"], result["mse"]
-        )
+            accelerator, "%s ApproxNet, dev attention: KL %.4f MSE %.6f (head-mean KL %.4f)", label,
+            result["kl"], result["mse"], result["head_mean_kl"],
+        )  # fmt: skip
         return result
 
     qualities: dict[str, Any] = {"split": "dev", "examples": len(dev_ex), start_label: quality(start_label)}
@@ -576,10 +590,14 @@ def _initial_approx(config: DistillConfig, teacher: _Teacher) -> tuple[ApproxNet
             raise SttabtError(
                 f"--init {config.init} has factor {approx.factor}, not --factor {config.factor}"
             )
+        if config.heads is not None and config.heads != approx.approx_config.num_heads:
+            raise SttabtError(
+                f"--init {config.init} has {approx.approx_config.num_heads} heads, not --heads {config.heads}"
+            )
         return approx, "init"
     approx = ApproxNet.from_teacher(
-        teacher.model, config.factor or 4, init=config.init_mode, teacher_path=teacher.path,
-        fingerprint=teacher.fingerprint,
+        teacher.model, config.factor or 4, init=config.init_mode, heads=config.heads,
+        teacher_path=teacher.path, fingerprint=teacher.fingerprint,
     )  # fmt: skip
     return approx, "untrained"
 
