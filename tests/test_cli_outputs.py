@@ -36,7 +36,8 @@ def test_a_file_is_never_replaced_by_a_directory(command, tmp_path, capsys):
 
 def _args(output, **extra) -> argparse.Namespace:
     return argparse.Namespace(output=str(output), overwrite=False, device="cpu", dtype="fp32", max_length=64,
-                              model="minilm", teacher="minilm", task="sst2", **extra)  # fmt: skip
+                              model="minilm", teacher="minilm", task="sst2", heads=None,
+                              **extra)  # fmt: skip
 
 
 def test_an_earlier_output_of_the_same_command_may_be_replaced(tmp_path):

@@ -89,10 +89,9 @@ def check_arguments(args: argparse.Namespace) -> None:
     validate.dtype(args.dtype, validate.device(args.device, "--device"), "--dtype")
     teacher_config = load_model_config(args.teacher)
     validate.max_length(args.max_length, teacher_config, "--max-length")
-    heads = getattr(args, "heads", None)  # namespaces built by hand may omit it
     teacher_heads = getattr(teacher_config, "num_attention_heads", None)
-    if heads is not None and teacher_heads is not None:
-        checked_heads(heads, int(teacher_heads))
+    if args.heads is not None and teacher_heads is not None:
+        checked_heads(args.heads, int(teacher_heads))
 
 
 def run(args: argparse.Namespace) -> int:
