@@ -19,3 +19,9 @@ skip() {
   fi
   return 1
 }
+
+# approx_dir HEADS: the factor-4 ApproxNet of the demo's BBC teacher with HEADS heads (12 is the demo's
+# own; run_approx_heads.sh distils the others).
+approx_dir() {
+  if [ "$1" = 12 ]; then echo artifacts/demo/approx-bbc-f4; else echo "artifacts/approx_heads/bbc-f4-h$1"; fi
+}

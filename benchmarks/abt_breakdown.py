@@ -2,12 +2,13 @@
 
 On a random-weight model shape with a random-init factor-4 ApproxNet (as ``run_abt_bench.sh``), at one
 batch shape: the unmodified HF dense forward; the ApproxNet's dense pass on the runtime (fused attention,
-q/k recorded), with its attention kernels alone (SDPA over the ApproxNet's 12 heads); back-tracking on the
+q/k recorded), with its attention kernels alone (SDPA over the ApproxNet's heads, ``--heads``: default the
+model's); back-tracking on the
 recorded q/k (the rows' scores, reductions and ranking); the sparse pass with the planned sets; the whole
 ABT call. Medians of interleaved rounds, ms.
 
 Usage: ``python benchmarks/abt_breakdown.py [--model minilm|bert-base] [--batch-size 1] [--seq-len 512]
-[--keep 0.1] [--dtype fp32] [--threads 1] [--output FILE]``.
+[--keep 0.1] [--dtype fp32] [--threads 1] [--heads H] [--output FILE]``.
 """
 
 from __future__ import annotations
@@ -38,12 +39,13 @@ class _Fixed(TokenSelector):
         return self._plan
 
 
-def calls_for(args: argparse.Namespace) -> dict:
+def calls_for(args: argparse.Namespace) -> tuple[dict, object]:
+    """The timed calls, and the token plan that the sparse pass runs."""
     torch.manual_seed(0)
     config = BertConfig(vocab_size=RANDOM_VOCAB, **RANDOM_SHAPES[args.model])
     model = BertForSequenceClassification(config).eval()
     torch.manual_seed(1)
-    approx = ApproxNet.from_teacher(model, 4, fingerprint="random")
+    approx = ApproxNet.from_teacher(model, 4, heads=args.heads, fingerprint="random")
     ids = torch.randint(1000, RANDOM_VOCAB, (args.batch_size, args.seq_len))
     ids[:, 0] = 101
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
@@ -74,7 +76,7 @@ def calls_for(args: argparse.Namespace) -> dict:
         "backtracking": backtracking,
         "sparse_pass": lambda: runtime(batch, _Fixed(plan)),
         "abt_total": lambda: runtime(batch, selector),
-    }  # fmt: skip
+    }, plan  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,17 +87,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=float, default=0.1)
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--heads", type=int, default=None, help="ApproxNet heads (default: the model's)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    calls = calls_for(args)
+    calls, _ = calls_for(args)
     with inference(torch.device("cpu"), args.dtype):
         samples, _ = measure(calls, 1, args.repeats, lambda: None)
     medians = {name: sorted(times)[len(times) // 2] for name, times in samples.items()}
     result = {
-        "model": f"random:{args.model}", "approx": "random, factor 4", "batch_size": args.batch_size,
-        "seq_len": args.seq_len, "keep": args.keep, "dtype": args.dtype, "threads": args.threads,
+        "model": f"random:{args.model}", "approx": "random, factor 4",
+        "approx_heads": args.heads or RANDOM_SHAPES[args.model]["num_attention_heads"],
+        "batch_size": args.batch_size, "seq_len": args.seq_len, "keep": args.keep, "dtype": args.dtype,
+        "threads": args.threads,
         "device_info": device_info(torch.device("cpu")), "median_ms": medians,
         "command": command_line("abt_breakdown.py", argv),
     }  # fmt: skip

@@ -22,7 +22,6 @@ A=artifacts/approx_heads
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 [ -d "$TEACHER" ] || { echo "run make demo first ($TEACHER)" >&2; exit 2; }
 mkdir -p "$OUT" "$A"
-approx_dir() { if [ "$1" = 12 ]; then echo artifacts/demo/approx-bbc-f4; else echo "$A/bbc-f4-h$1"; fi; }
 
 if has distill; then
   for heads in $HEADS; do

@@ -13,7 +13,9 @@ every round) so that a noisy neighbour or thermal drift affects all of them alik
 
 Inputs are random token ids with CLS first. By default every sample has real length ``seq_len`` (no
 padding); ``length_jitter = j`` draws each real length uniformly from ``[ceil((1-j)·seq_len), seq_len]``
-and right-pads to the longest sample, as dynamic padding would. FLOPs always use the real lengths.
+and right-pads to the longest sample, as dynamic padding would. With ``task`` they are real examples
+instead (:func:`task_inputs`), so that a trained ApproxNet chooses the sets it would choose on real text.
+FLOPs always use the real lengths.
 """
 
 from __future__ import annotations
@@ -102,6 +104,9 @@ class BenchConfig:
     repeats: int = 10
     threads: int | None = None
     seed: int = 0
+    task: str | None = None  # real examples of this text task's split instead of random ids
+    split: str = "dev"
+    data_dir: str | None = None
     output: str | None = None
     breakdown: bool = False
     runtime_dense: bool = True  # also time the runtime's own dense pass (its overhead over HF)
@@ -138,6 +143,8 @@ class BenchConfig:
         if self.threads is not None:
             validate.positive_int(self.threads, "--threads")
         validate.dtype(self.dtype, validate.device(self.device, "--device"), "--dtype")
+        if self.task is not None:
+            self._validate_task()
         if self.model_config is None and self.model.startswith(RANDOM_PREFIX):
             name = self.model[len(RANDOM_PREFIX) :]
             if name not in RANDOM_SHAPES and name not in RANDOM_VISION_SHAPES:
@@ -145,6 +152,21 @@ class BenchConfig:
                     f"unknown random model {self.model!r}; choose one of "
                     + ", ".join(RANDOM_PREFIX + n for n in (*RANDOM_SHAPES, *RANDOM_VISION_SHAPES))
                 )
+
+    def _validate_task(self) -> None:
+        from sttabt.data import check_split, get_task
+
+        spec = get_task(self.task)
+        if spec.is_image:
+            raise SttabtError(
+                f"bench --task takes a text task, got the image task {spec.name!r} (time real images with a "
+                "sweep's [latency] table)"
+            )
+        if self.length_jitter:
+            raise SttabtError("--length-jitter draws random lengths; with --task every sample has --seq-len")
+        if self.model_config is None and self.model.startswith(RANDOM_PREFIX):
+            raise SttabtError(f"--task needs a model with a tokenizer, not {self.model!r}")
+        check_split(spec.name, self.split)
 
     def command_line(self) -> str:
         """A canonical ``sttabt bench`` invocation that reproduces this benchmark."""
@@ -164,6 +186,10 @@ class BenchConfig:
         if self.threads is not None:
             args += ["--threads", str(self.threads)]
         args += ["--seed", str(self.seed)]
+        if self.task is not None:
+            args += ["--task", self.task, "--split", self.split]
+            if self.data_dir is not None:
+                args += ["--data-dir", self.data_dir]
         if self.breakdown:
             args.append("--breakdown")
         if not self.runtime_dense:
@@ -174,14 +200,15 @@ class BenchConfig:
 
 
 # -- model and inputs ---------------------------------------------------------------------------------------
-def build_model(config: BenchConfig) -> tuple[torch.nn.Module, int]:
-    """The classifier to time (in eval mode, on CPU) and the id to put first in every sample."""
+def build_model(config: BenchConfig) -> tuple[torch.nn.Module, int, Any]:
+    """The classifier to time (in eval mode, on CPU), the id to put first in every sample and the
+    tokenizer (None for random or image models)."""
     from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
     tokenizer = None
     vision = _vision_model(config)
     if vision is not None:
-        return vision.eval(), 0
+        return vision.eval(), 0, None
     if config.model_config is not None:
         model = AutoModelForSequenceClassification.from_config(config.model_config)
     elif config.model.startswith(RANDOM_PREFIX):
@@ -196,7 +223,7 @@ def build_model(config: BenchConfig) -> tuple[torch.nn.Module, int]:
     cls_id = getattr(tokenizer, "cls_token_id", None)
     if cls_id is None:
         cls_id = BERT_CLS_ID if model.config.vocab_size > 1000 else 1
-    return model.eval(), int(cls_id)
+    return model.eval(), int(cls_id), tokenizer
 
 
 def _vision_model(config: BenchConfig) -> torch.nn.Module | None:
@@ -266,6 +293,29 @@ def make_inputs(
     mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
     ids = torch.where(mask, ids, torch.full_like(ids, pad_id))
     return {"input_ids": ids, "attention_mask": mask.long()}
+
+
+def task_inputs(config: BenchConfig, tokenizer: Any, examples: list[Any]) -> dict[str, torch.Tensor]:
+    """``batch_size`` of the task's ``examples``, drawn with ``seed`` from those at least ``seq_len``
+    tokens long and truncated to it: real text at the same shape as random ids (no padding)."""
+    from sttabt.data import collate, encode, get_task
+
+    if tokenizer is None:
+        raise SttabtError(f"--task needs a model with a tokenizer; {config.model} has none")
+    features = encode(tokenizer, examples, config.seq_len)
+    full = [feature for feature in features if len(feature["input_ids"]) == config.seq_len]
+    if len(full) < config.batch_size:
+        longest = max((len(feature["input_ids"]) for feature in features), default=0)
+        raise SttabtError(
+            f"{get_task(config.task).name}/{config.split} has {len(full)} examples of at least "
+            f"{config.seq_len} tokens, fewer than --batch-size {config.batch_size} (its longest has "
+            f"{longest}); lower --seq-len"
+        )
+    order = torch.randperm(len(full), generator=torch.Generator().manual_seed(config.seed))
+    chosen = [full[int(i)] for i in order[: config.batch_size]]
+    batch = collate(chosen, int(getattr(tokenizer, "pad_token_id", 0) or 0))
+    batch.pop("labels", None)
+    return batch
 
 
 def _method_options(config: BenchConfig, model: torch.nn.Module) -> MethodOptions:
@@ -367,7 +417,12 @@ class _Setup:
 
 def _setup(config: BenchConfig, device: torch.device) -> _Setup:
     set_seed(config.seed)
-    model, cls_id = build_model(config)
+    examples = None
+    if config.task is not None:  # read before the model loads, so that a bad data path fails at once
+        from sttabt.data import load_examples
+
+        examples = load_examples(config.task, config.split, config.data_dir)
+    model, cls_id, tokenizer = build_model(config)
     adapter = adapter_for(model)
     image = adapter.image_size is not None
     limit = 10**9 if image else max_sequence_length(model.config)
@@ -379,6 +434,8 @@ def _setup(config: BenchConfig, device: torch.device) -> _Setup:
     generator = torch.Generator().manual_seed(config.seed)
     if image:
         batch = image_inputs(adapter, config.batch_size, generator)
+    elif config.task is not None:
+        batch = task_inputs(config, tokenizer, examples)
     else:
         pad_id = int(getattr(model.config, "pad_token_id", 0) or 0)
         batch = make_inputs(config, int(model.config.vocab_size), cls_id, pad_id, generator)
@@ -469,6 +526,10 @@ def _inputs_description(config: BenchConfig, setup: _Setup) -> dict[str, Any]:
     if "pixel_values" in setup.batch:
         return {"pixel_values": "standard normal", "image_size": list(setup.adapter.image_size),
                 "patch_size": list(setup.adapter.patch_size), "prefix_tokens": setup.adapter.prefix_tokens}
+    if config.task is not None:
+        return {"token_ids": f"real examples of {config.task}/{config.split}, at least --seq-len tokens, "
+                "truncated to it, drawn with --seed", "task": config.task, "split": config.split,
+                "padded_length": int(setup.batch["input_ids"].shape[1])}  # fmt: skip
     return {"token_ids": "uniform random, CLS first, right padding", "length_jitter": config.length_jitter,
             "padded_length": int(setup.batch["input_ids"].shape[1])}  # fmt: skip
 

@@ -5,18 +5,20 @@ from __future__ import annotations
 import argparse
 
 from sttabt import validate
+from sttabt.commands.common import DATA_DIR_HELP
 from sttabt.methods.registry import parse_keep
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
-        help="time HF dense, runtime dense and a method on identical random inputs",
+        help="time HF dense, runtime dense and a method on identical inputs",
         description=(
             "Times the unmodified Hugging Face forward, the sparse runtime with the dense selector and the "
-            "runtime with METHOD, interleaved round-robin on the same random inputs (CLS first; every sample "
-            "has real length --seq-len unless --length-jitter is set). Reports median/p10/p90 ms, the "
-            "speed-up over HF dense, the ideal speed-up from the FLOPs report and their ratio (efficiency)."
+            "runtime with METHOD, interleaved round-robin on the same inputs: random ids (CLS first; every "
+            "sample has real length --seq-len unless --length-jitter is set) or, with --task, real examples. "
+            "Reports median/p10/p90 ms, the speed-up over HF dense, the ideal speed-up from the FLOPs report "
+            "and their ratio (efficiency)."
         ),
     )
     p.add_argument(
@@ -62,6 +64,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     p.add_argument(
+        "--task",
+        default=None,
+        help="time real examples of a text task (sst2, bbc, ...) instead of random ids: --batch-size of "
+        "the split's examples with at least --seq-len tokens, truncated to it, drawn with --seed",
+    )
+    p.add_argument("--split", default="dev", help="split of --task (default dev)")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    p.add_argument(
         "--breakdown",
         action="store_true",
         help="also profile one call per variant and report time by kind of work (linear, attention, other)",
@@ -94,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         threads=args.threads,
         seed=args.seed,
+        task=args.task,
+        split=args.split,
+        data_dir=args.data_dir,
         breakdown=args.breakdown,
         runtime_dense=not args.skip_runtime_dense,
         output=args.output,
