@@ -1,16 +1,12 @@
-"""What bounds ABT and top-k at batch 1 on short inputs: GEMM throughput on few rows, fixed per-call cost.
+"""What bounds ABT at batch 1 on short inputs: where the time of each part of one call goes.
 
-Two measurements, on the random-weight shape and random ApproxNet of ``abt_breakdown.py``:
-
-* ``gemm_rows``: an FFN pair (hidden -> intermediate -> hidden, the model's sizes) on 1..128 rows, GFLOP/s of
-  ``F.linear`` and of MKL's pre-packed weights (``torch.ops.mkl._mkl_linear``, when this torch has it),
-  interleaved rounds;
-* ``profile``: ``torch.profiler`` over the HF dense forward, the ApproxNet's pass and the sparse pass of one
-  batch-1 ABT call: ms per call, the share in ``addmm``, ops per call, and the GEMM rate, with the plan's
-  kept rows per layer (the sparse pass's linear MACs follow from them).
+``torch.profiler`` over the HF dense forward, the ApproxNet's pass and the sparse pass of one batch-1 ABT
+call, on the random-weight shape and random ApproxNet of ``abt_breakdown.py``: ms per call, the time in
+``addmm``, aten ops per call and the encoder's GEMM rate, with the plan's kept rows per layer (the sparse
+pass's linear MACs follow from them). ``gemm_rows.py`` measures the same GEMMs without the model.
 
 Usage: ``python benchmarks/batch1_bound.py [--model minilm] [--seq-len 128] [--keep 0.1] [--heads 4]
-[--threads 1] [--output FILE]`` (fp32: this measures the fp32 kernels).
+[--threads 1] [--output FILE]`` (fp32).
 """
 
 from __future__ import annotations
@@ -19,41 +15,12 @@ import argparse
 import sys
 
 import torch
-import torch.nn.functional as F
 from _results import command_line, emit
 from abt_breakdown import calls_for
 from torch.profiler import ProfilerActivity, profile
 
-from sttabt.bench import RANDOM_SHAPES, device_info, measure
+from sttabt.bench import RANDOM_SHAPES, device_info
 from sttabt.utils import inference
-
-ROWS = (1, 4, 8, 16, 24, 32, 48, 64, 128)
-
-
-def _median(times: list[float]) -> float:
-    return sorted(times)[len(times) // 2]
-
-
-def gemm_rows(hidden: int, inner: int, repeats: int) -> list[dict]:
-    """GFLOP/s of one FFN pair on ``rows`` rows, plain and with pre-packed MKL weights."""
-    torch.manual_seed(0)
-    w1, b1 = torch.randn(inner, hidden), torch.randn(inner)
-    w2, b2 = torch.randn(hidden, inner), torch.randn(hidden)
-    packed_op = getattr(torch.ops.mkl, "_mkl_linear", None)
-    result = []
-    for rows in ROWS:
-        x, h = torch.randn(rows, hidden), torch.randn(rows, inner)
-        calls = {"linear": lambda x=x, h=h: (F.linear(x, w1, b1), F.linear(h, w2, b2))}
-        if packed_op is not None:
-            p1 = torch.ops.mkl._mkl_reorder_linear_weight(w1, rows)
-            p2 = torch.ops.mkl._mkl_reorder_linear_weight(w2, rows)
-            calls["mkl_packed"] = lambda x=x, h=h, p1=p1, p2=p2, n=rows: (
-                packed_op(x, p1, w1, b1, n), packed_op(h, p2, w2, b2, n))
-        samples, _ = measure(calls, 20, repeats, lambda: None)
-        flop = 2 * 2 * rows * hidden * inner
-        result.append({"rows": rows, **{f"{name}_gflops": round(flop / _median(t) / 1e6, 1)
-                                        for name, t in samples.items()}})
-    return result  # fmt: skip
 
 
 def encoder_linear_macs(rows: list[int], hidden: int, inner: int) -> int:
@@ -92,7 +59,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=float, default=0.1)
     parser.add_argument("--heads", type=int, default=4, help="ApproxNet heads")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -106,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     with inference(torch.device("cpu"), "fp32"):
         for name in ("hf_dense", "approxnet_pass", "sparse_pass"):
             parts[name] = profiled(calls[name])
-        gemms = gemm_rows(hidden, inner, args.repeats)
     macs = {"hf_dense": encoder_linear_macs([args.seq_len] * len(rows), hidden, inner),
             "sparse_pass": encoder_linear_macs(rows, hidden, inner)}  # fmt: skip
     for name, count in macs.items():
@@ -114,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "model": f"random:{args.model}", "approx_heads": args.heads, "batch_size": 1, "seq_len": args.seq_len,
         "keep": args.keep, "dtype": "fp32", "threads": args.threads, "plan_rows_per_layer": rows,
-        "profile": parts, "gemm_rows": gemms, "device_info": device_info(torch.device("cpu")),
+        "profile": parts, "device_info": device_info(torch.device("cpu")),
         "note": "encoder_linear_gflops counts the encoder's linear layers only (not pooler/classifier), so "
                 "it slightly overstates the rate; the profiler's own overhead is included in ms_per_call",
         "command": command_line("batch1_bound.py", argv),

@@ -6,6 +6,8 @@ weights still have to be read once per product. This measures, with the model's 
 * ``rows``: GFLOP/s of ``F.linear`` for 1..512 rows, with one weight reused (it stays in cache) and
   cycling through as many distinct layers' weights as the model has (they are streamed from memory,
   as in a real forward), in fp32 and bf16;
+* ``packed``: fp32 ``F.linear`` against MKL's pre-packed weights (``torch.ops.mkl._mkl_linear``, packed
+  for that row count; when this torch has it), all layers' weights streamed, interleaved rounds;
 * ``autocast``: one linear on 32 rows under bf16 autocast inside ``torch.inference_mode`` (autocast does
   not reuse its weight copies there) and inside ``torch.no_grad`` (it does), against plain bf16 tensors.
 
@@ -25,7 +27,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from sttabt.bench import device_info
+from sttabt.bench import device_info, measure
 from sttabt.utils import atomic_write_json
 
 #: (name, hidden, intermediate, layers) of the benchmarked encoder shapes.
@@ -77,6 +79,31 @@ def rows_table(repeats: int) -> list[dict]:
     return results
 
 
+def packed_table(repeats: int) -> list[dict]:
+    """fp32 GFLOP/s of every layer's linears with plain weights and with MKL-packed ones, per row count."""
+    packed_linear = getattr(torch.ops.mkl, "_mkl_linear", None)
+    if packed_linear is None:
+        return []
+    results = []
+    for name, hidden, intermediate, depth in SHAPES:
+        model = [layer_weights(hidden, intermediate, torch.float32) for _ in range(depth)]
+        weights = [weight for layer in model for weight in layer]
+        for rows in ROWS:
+            inputs = {width: torch.randn(rows, width) for width in (hidden, intermediate)}
+            packed = [(torch.ops.mkl._mkl_reorder_linear_weight(w, rows), w) for w in weights]
+
+            def run_packed(packed=packed, inputs=inputs, rows=rows) -> None:
+                for packed_weight, weight in packed:
+                    packed_linear(inputs[weight.shape[1]], packed_weight, weight, None, rows)
+
+            calls = {"linear": functools.partial(run_linears, model, inputs), "mkl_packed": run_packed}
+            samples, _ = measure(calls, 3, repeats, lambda: None)  # interleaved rounds, ms
+            flops = 2 * rows * sum(w.numel() for w in weights)
+            rates = {f"{call}_gflops": flops / statistics.median(ms) / 1e6 for call, ms in samples.items()}
+            results.append({"shape": name, "rows": rows, **rates})
+    return results
+
+
 def autocast_table(repeats: int) -> dict:
     layer = torch.nn.Linear(768, 768)
     x = torch.randn(32, 768)
@@ -107,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "rows": rows_table(args.repeats),
+        "packed": packed_table(args.repeats),
         "autocast": autocast_table(args.repeats * 10),
         "command": "python benchmarks/gemm_rows.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
@@ -116,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['shape']:9s} {r['dtype']} rows {r['rows']:4d}: cached {r['cached_gflops']:6.1f} GFLOP/s, "
             f"streamed {r['streamed_gflops']:6.1f} GFLOP/s ({r['weight_mb']:.0f} MB of weights)"
         )
+    for r in result["packed"]:
+        print(f"{r['shape']:9s} fp32 rows {r['rows']:4d}: linear {r['linear_gflops']:6.1f}, "
+              f"MKL packed {r['mkl_packed_gflops']:6.1f} GFLOP/s")  # fmt: skip
     print(json.dumps(result["autocast"], indent=1))
     return 0
 
