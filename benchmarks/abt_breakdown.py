@@ -79,6 +79,16 @@ def calls_for(args: argparse.Namespace) -> tuple[dict, object]:
     }, plan  # fmt: skip
 
 
+def run_header(args: argparse.Namespace) -> dict:
+    """What a result of :func:`calls_for`'s setup records about the run: shape, ApproxNet, batch, CPU."""
+    return {
+        "model": f"random:{args.model}", "approx": "random, factor 4",
+        "approx_heads": args.heads or RANDOM_SHAPES[args.model]["num_attention_heads"],
+        "batch_size": args.batch_size, "seq_len": args.seq_len, "keep": args.keep, "dtype": args.dtype,
+        "threads": args.threads, "device_info": device_info(torch.device("cpu")),
+    }  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="minilm", choices=sorted(RANDOM_SHAPES))
@@ -96,14 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     with inference(torch.device("cpu"), args.dtype):
         samples, _ = measure(calls, 1, args.repeats, lambda: None)
     medians = {name: sorted(times)[len(times) // 2] for name, times in samples.items()}
-    result = {
-        "model": f"random:{args.model}", "approx": "random, factor 4",
-        "approx_heads": args.heads or RANDOM_SHAPES[args.model]["num_attention_heads"],
-        "batch_size": args.batch_size, "seq_len": args.seq_len, "keep": args.keep, "dtype": args.dtype,
-        "threads": args.threads,
-        "device_info": device_info(torch.device("cpu")), "median_ms": medians,
-        "command": command_line("abt_breakdown.py", argv),
-    }  # fmt: skip
+    result = {**run_header(args), "median_ms": medians, "command": command_line("abt_breakdown.py", argv)}
     emit(result, args.output)
     return 0
 

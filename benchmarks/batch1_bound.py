@@ -16,10 +16,10 @@ import sys
 
 import torch
 from _results import command_line, emit
-from abt_breakdown import calls_for
+from abt_breakdown import calls_for, run_header
 from torch.profiler import ProfilerActivity, profile
 
-from sttabt.bench import RANDOM_SHAPES, device_info
+from sttabt.bench import RANDOM_SHAPES
 from sttabt.utils import inference
 
 
@@ -77,9 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, count in macs.items():
         parts[name]["encoder_linear_gflops"] = round(2 * count / parts[name]["addmm_ms_per_call"] / 1e6, 1)
     result = {
-        "model": f"random:{args.model}", "approx_heads": args.heads, "batch_size": 1, "seq_len": args.seq_len,
-        "keep": args.keep, "dtype": "fp32", "threads": args.threads, "plan_rows_per_layer": rows,
-        "profile": parts, "device_info": device_info(torch.device("cpu")),
+        **run_header(run), "plan_rows_per_layer": rows, "profile": parts,
         "note": "encoder_linear_gflops counts the encoder's linear layers only (not pooler/classifier), so "
                 "it slightly overstates the rate; the profiler's own overhead is included in ms_per_call",
         "command": command_line("batch1_bound.py", argv),
