@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from cli_checks import one_line_error, run_cli
@@ -50,7 +52,7 @@ def minilm_classifier(tmp_path_factory, minilm):
 
 
 def test_bench_times_real_examples_of_a_task(minilm_classifier, capsys):
-    from sttabt.bench import BenchConfig, run_benchmark
+    from sttabt.bench import BenchConfig, run_benchmark, task_inputs
     from sttabt.data import encode, load_examples
 
     directory, tokenizer = minilm_classifier
@@ -67,12 +69,10 @@ def test_bench_times_real_examples_of_a_task(minilm_classifier, capsys):
     assert result["flops"]["relative"] < 1.0 and result["efficiency"] > 0
     assert "--task sst2 --split dev" in result["command"]
     # The same seed draws the same examples; they are real ones (not random ids).
-    from sttabt.bench import task_inputs
-
     first = task_inputs(config, tokenizer, load_examples("sst2", "dev"))["input_ids"]
     again = task_inputs(config, tokenizer, load_examples("sst2", "dev"))["input_ids"]
     assert torch.equal(first, again) and all(row.tolist() in full for row in first)
-    other = BenchConfig(**{**config.__dict__, "seed": 2})
+    other = dataclasses.replace(config, seed=2)
     assert not torch.equal(task_inputs(other, tokenizer, load_examples("sst2", "dev"))["input_ids"], first)
 
 
